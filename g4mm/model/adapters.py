@@ -1,0 +1,118 @@
+"""Trainable adapters that turn a batch of multimodal subgraphs into LM soft tokens.
+
+Graph4MM (hop_diffused, hop_aware, no_text_structure, no_image_structure):
+
+    H_T = W_t F_T,  H_P = W_p F_P                      project frozen features to width d
+    H_T <- Struct_T(H_T, G_t),  H_P <- Struct_P(H_P, G_p)  hop-diffused / hop-aware / identity
+    Q   = MMQFormer(H_T, H_P)                          (B, Nq, d)
+    tokens = W_lm Q                                    (B, Nq, D_lm), inserted after the prompt
+
+The MMGL baselines live in :mod:`g4mm.model.baselines`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from g4mm.graph.batch import dense_batch_to_edge_index
+from g4mm.model.hop_attention import HopAwareAttention, HopDiffusedAttention
+from g4mm.model.inputs import Graph4MMInputs, ModalityInputs
+from g4mm.model.qformer import MMQFormer
+
+GRAPH4MM_VARIANTS = ("hop_diffused", "hop_aware", "no_text_structure", "no_image_structure")
+
+
+class StructureEncoder(nn.Module):
+    """Applies one modality's structure prior to its projected node embeddings.
+
+    ``kind``: ``hop_diffused`` (:class:`HopDiffusedAttention`, dense or sparse path),
+    ``hop_aware`` (:class:`HopAwareAttention`) or ``none`` (identity: structure ablated).
+
+    Shapes: x (B, N, d) with a :class:`ModalityInputs` for mask/adj/hops -> (B, N, d).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        dim: int,
+        num_heads: int,
+        alpha: float,
+        num_hops: int,
+        max_hop: int,
+        dropout: float = 0.0,
+        impl: str = "dense",
+    ) -> None:
+        super().__init__()
+        if kind not in ("hop_diffused", "hop_aware", "none"):
+            raise ValueError(f"structure kind = {kind!r}: expected hop_diffused|hop_aware|none")
+        if impl not in ("dense", "sparse"):
+            raise ValueError(f"diffusion impl = {impl!r}: expected dense|sparse")
+        self.kind, self.impl = kind, impl
+        self.layer: nn.Module | None = None
+        if kind == "hop_diffused":
+            self.layer = HopDiffusedAttention(dim, num_heads, alpha, num_hops, dropout)
+        elif kind == "hop_aware":
+            self.layer = HopAwareAttention(dim, max_hop)
+
+    def forward(self, x: Tensor, graph: ModalityInputs) -> Tensor:
+        mask = graph.mask
+        if self.layer is None:
+            return x * mask[..., None].to(x.dtype)
+        if self.kind == "hop_aware":
+            return self.layer(x, graph.hops, mask)
+        if self.impl == "dense":
+            return self.layer(x, graph.adj, mask)
+        edge_index, _ = dense_batch_to_edge_index(graph.adj, mask)
+        out = torch.zeros_like(x)
+        out[mask] = self.layer.forward_sparse(x[mask], edge_index)
+        return out
+
+
+class Graph4MMAdapter(nn.Module):
+    """Projections, per-modality structure encoders and MM-QFormer (all trainable)."""
+
+    def __init__(
+        self,
+        variant: str,
+        text_dim: int,
+        image_dim: int,
+        lm_dim: int,
+        hidden_dim: int = 256,
+        num_heads: int = 4,
+        alpha: float = 0.1,
+        num_hops: int = 3,
+        max_hop: int = 8,
+        num_query_tokens: int = 8,
+        qformer_layers: int = 1,
+        ffn_mult: int = 4,
+        dropout: float = 0.1,
+        diffusion_impl: str = "dense",
+    ) -> None:
+        super().__init__()
+        if variant not in GRAPH4MM_VARIANTS:
+            raise ValueError(f"variant = {variant!r}: Graph4MMAdapter takes {GRAPH4MM_VARIANTS}")
+        base = "hop_aware" if variant == "hop_aware" else "hop_diffused"
+        text_kind = "none" if variant == "no_text_structure" else base
+        image_kind = "none" if variant == "no_image_structure" else base
+        self.variant = variant
+        self.text_proj = nn.Linear(text_dim, hidden_dim)
+        self.image_proj = nn.Linear(image_dim, hidden_dim)
+        common = dict(
+            dim=hidden_dim, num_heads=num_heads, alpha=alpha, num_hops=num_hops,
+            max_hop=max_hop, dropout=dropout, impl=diffusion_impl,
+        )  # fmt: skip
+        self.text_structure = StructureEncoder(text_kind, **common)
+        self.image_structure = StructureEncoder(image_kind, **common)
+        self.qformer = MMQFormer(
+            hidden_dim, num_query_tokens, qformer_layers, num_heads, ffn_mult, dropout
+        )
+        self.to_lm = nn.Linear(hidden_dim, lm_dim)
+
+    def forward(self, inputs: Graph4MMInputs) -> tuple[Tensor, Tensor]:
+        """Returns soft tokens (B, Nq, D_lm) and their mask (B, Nq), all True."""
+        text = self.text_structure(self.text_proj(inputs.text.feats), inputs.text)  # (B, Nt, d)
+        image = self.image_structure(self.image_proj(inputs.image.feats), inputs.image)
+        queries = self.qformer(text, inputs.text.mask, image, inputs.image.mask)  # (B, Nq, d)
+        tokens = self.to_lm(queries)
+        return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)

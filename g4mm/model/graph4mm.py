@@ -1,0 +1,209 @@
+"""Graph4MM over a frozen Hugging Face causal LM (paper Fig. 2, read top to bottom).
+
+    frozen encoders  ->  node features F_T (text nodes), F_P (image nodes)   [precomputed]
+    adapter          ->  soft tokens S (B, S, D_lm): Graph4MM or an MMGL baseline
+    frozen LM input  =   [prompt tokens ; S ; target tokens]
+    loss             =   cross-entropy on the target tokens only
+
+Only the adapter is trained: the LM and the vision encoder are frozen (eval mode, no grads, not
+in the optimizer, not in adapter checkpoints).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from g4mm.model.adapters import GRAPH4MM_VARIANTS, Graph4MMAdapter
+from g4mm.model.backbones import load_lm, load_vision
+from g4mm.model.baselines import ConcatAdapter, GNNConcatAdapter
+from g4mm.model.encoders import image_feature_dim, text_feature_dim
+from g4mm.model.inputs import Graph4MMInputs
+
+VARIANTS = (*GRAPH4MM_VARIANTS, "mmgl_concat", "mmgl_gnn", "text_only")
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Graph4MMOutput:
+    """``loss`` (scalar, mean over real target tokens), ``logits`` (B, T, V) at the target
+    positions only, and ``num_target_tokens`` (scalar tensor)."""
+
+    loss: Tensor | None
+    logits: Tensor
+    num_target_tokens: Tensor
+
+
+def build_adapter(
+    variant: str, text_dim: int, image_dim: int, lm_dim: int, **hparams: Any
+) -> nn.Module:
+    """The trainable part for ``variant`` (see :data:`VARIANTS`).
+
+    ``hparams`` are the model config's fields (hidden_dim, num_heads, alpha, num_hops, max_hop,
+    num_query_tokens, qformer_layers, ffn_mult, dropout, diffusion_impl, gnn_type, gnn_layers);
+    each adapter takes the ones it uses.
+    """
+    if variant in GRAPH4MM_VARIANTS:
+        keys = (
+            "hidden_dim", "num_heads", "alpha", "num_hops", "max_hop", "num_query_tokens",
+            "qformer_layers", "ffn_mult", "dropout", "diffusion_impl",
+        )  # fmt: skip
+        kwargs = {k: hparams[k] for k in keys if k in hparams}
+        return Graph4MMAdapter(variant, text_dim, image_dim, lm_dim, **kwargs)
+    if variant == "mmgl_concat":
+        return ConcatAdapter(text_dim, image_dim, lm_dim, use_images=True)
+    if variant == "text_only":
+        return ConcatAdapter(text_dim, image_dim, lm_dim, use_images=False)
+    if variant == "mmgl_gnn":
+        keys = ("hidden_dim", "gnn_type", "gnn_layers")
+        return GNNConcatAdapter(
+            text_dim, image_dim, lm_dim, **{k: hparams[k] for k in keys if k in hparams}
+        )
+    raise ValueError(f"unknown model variant {variant!r}; expected one of {VARIANTS}")
+
+
+class Graph4MM(nn.Module):
+    """A frozen causal LM (+ frozen vision encoder) steered by a trainable graph adapter.
+
+    Args:
+        lm: any ``AutoModelForCausalLM``; frozen here.
+        adapter: from :func:`build_adapter`; the only trained module.
+        vision: the frozen vision encoder used for features (optional at train time, where
+            features come precomputed).
+        tokenizer, image_processor: kept alongside for generation and feature extraction.
+        variant: the variant name, for logs and checkpoints.
+    """
+
+    def __init__(
+        self,
+        lm: nn.Module,
+        adapter: nn.Module,
+        vision: nn.Module | None = None,
+        tokenizer: Any = None,
+        image_processor: Any = None,
+        variant: str = "hop_diffused",
+    ) -> None:
+        super().__init__()
+        self.lm, self.adapter, self.vision = lm, adapter, vision
+        self.tokenizer, self.image_processor, self.variant = tokenizer, image_processor, variant
+        for module in self.frozen_modules():
+            module.requires_grad_(False)
+            module.eval()
+
+    @classmethod
+    def from_config(cls, model_cfg: Any, artifact_dir: str | Path = "artifacts") -> Graph4MM:
+        """Load the backbones named in ``model_cfg`` (a ``ModelConfig``) and build the adapter."""
+        lm, tokenizer = load_lm(model_cfg.lm, artifact_dir)
+        vision, processor = load_vision(model_cfg.vision, artifact_dir)
+        adapter = build_adapter(
+            model_cfg.variant,
+            text_dim=text_feature_dim(lm),
+            image_dim=image_feature_dim(vision),
+            lm_dim=lm.get_input_embeddings().embedding_dim,
+            **{k: v for k, v in vars(model_cfg).items() if k != "variant"},
+        )
+        return cls(lm, adapter, vision, tokenizer, processor, variant=model_cfg.variant)
+
+    # ---- frozen / trainable bookkeeping -------------------------------------------------
+    def frozen_modules(self) -> list[nn.Module]:
+        return [m for m in (self.lm, self.vision) if m is not None]
+
+    def train(self, mode: bool = True) -> Graph4MM:
+        """Switch the adapter's mode; frozen modules stay in eval mode (no dropout)."""
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
+
+    def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups over the adapter only: decay on matrices, none on biases and norms."""
+        params = [p for p in self.adapter.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+
+    def adapter_state_dict(self) -> dict[str, Tensor]:
+        """What a checkpoint holds: the adapter's tensors, never the frozen backbones."""
+        return {k: v.detach().clone() for k, v in self.adapter.state_dict().items()}
+
+    def load_adapter_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load adapter weights; any missing/unexpected key or shape mismatch is an error."""
+        own = self.adapter.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shapes = [
+            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+            for k in sorted(set(own) & set(state))
+            if state[k].shape != own[k].shape
+        ]
+        if missing or unexpected or shapes:
+            raise ValueError(
+                f"adapter checkpoint does not match this model (variant {self.variant!r}): "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches "
+                f"{shapes[:5]}"
+            )
+        self.adapter.load_state_dict(state)
+
+    # ---- the LM sequence -----------------------------------------------------------------
+    def _sequence(self, inputs: Graph4MMInputs, with_targets: bool):
+        """``[prompt ; soft tokens (; target)]`` embeddings, attention mask and positions."""
+        embed = self.lm.get_input_embeddings()
+        tokens, token_mask = self.adapter(inputs)  # (B, S, D_lm), (B, S)
+        parts = [embed(inputs.prompt_ids), tokens.to(embed.weight.dtype)]
+        masks = [inputs.prompt_mask, token_mask]
+        if with_targets:
+            parts.append(embed(inputs.target_ids))
+            masks.append(inputs.target_mask)
+        mask = torch.cat(masks, dim=1).long()  # (B, L)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding keeps positions 0..
+        return torch.cat(parts, dim=1), mask, positions
+
+    def forward(self, inputs: Graph4MMInputs) -> Graph4MMOutput:
+        """Teacher-forced pass; logits and loss only at the T target positions."""
+        if inputs.target_ids is None or inputs.target_mask is None:
+            raise ValueError("forward needs target_ids and target_mask; use generate() instead")
+        embeds, mask, positions = self._sequence(inputs, with_targets=True)
+        num_targets = inputs.target_ids.shape[1]
+        # positions L-T-1 .. L-2 predict the T targets; logits_to_keep=T+1 keeps L-T-1 .. L-1
+        out = self.lm(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            logits_to_keep=num_targets + 1,
+            use_cache=False,
+        )
+        logits = out.logits[:, :-1]  # (B, T, V)
+        labels = inputs.target_ids.masked_fill(~inputs.target_mask.bool(), IGNORE_INDEX)
+        loss = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+        )
+        return Graph4MMOutput(loss, logits, inputs.target_mask.sum())
+
+    @torch.no_grad()
+    def generate(
+        self, inputs: Graph4MMInputs, max_new_tokens: int = 32, num_beams: int = 1, **kwargs: Any
+    ) -> Tensor:
+        """Autoregressive decoding with the LM's KV cache (HF ``generate``).
+
+        Returns the new tokens only, (B, <= max_new_tokens), padded with the pad token.
+        """
+        embeds, mask, _ = self._sequence(inputs, with_targets=False)
+        config = self.lm.generation_config
+        options = {
+            "max_new_tokens": max_new_tokens,
+            "num_beams": num_beams,
+            "do_sample": False,
+            "use_cache": True,
+            "pad_token_id": config.pad_token_id,
+            "eos_token_id": config.eos_token_id,
+            **kwargs,
+        }
+        return self.lm.generate(inputs_embeds=embeds, attention_mask=mask, **options)

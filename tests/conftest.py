@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny real Hugging Face models built from configs (never downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the hub
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+
+import pytest
+import torch
+
+from g4mm.model.inputs import Graph4MMInputs, ModalityInputs
+from g4mm.model.tiny import tiny_clip_vision, tiny_llama, tiny_opt, train_tokenizer
+
+CORPUS = [
+    "the red circle sits above the blue square in section two",
+    "a green triangle with stripes appears in the parent section image",
+    "products in the same community share colours and textures",
+    "section summary: the page describes three shapes and their colours",
+] * 8
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return train_tokenizer(CORPUS, vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbones(tokenizer):
+    """(opt, llama, vision) with fixed random weights, hidden sizes 32 / 32 / 16."""
+    torch.manual_seed(0)
+    opt = tiny_opt(tokenizer, hidden_size=32, num_layers=2, num_heads=2, max_positions=128)
+    llama = tiny_llama(tokenizer, hidden_size=32, num_layers=2, num_heads=2, max_positions=128)
+    vision, processor = tiny_clip_vision(image_size=16, patch_size=8, hidden_size=16)
+    return opt.eval(), llama.eval(), vision.eval(), processor
+
+
+def random_modality(b, n, dim, gen, min_nodes=0, p_edge=0.4) -> ModalityInputs:
+    """Random padded subgraphs: sizes in [min_nodes, n], symmetric edges among real nodes."""
+    sizes = torch.randint(min_nodes, n + 1, (b,), generator=gen)
+    sizes[0] = n  # at least one full sample
+    mask = torch.arange(n)[None] < sizes[:, None]
+    adj = torch.rand(b, n, n, generator=gen) < p_edge
+    adj = (adj | adj.transpose(1, 2)) & mask[:, :, None] & mask[:, None, :]
+    adj &= ~torch.eye(n, dtype=torch.bool)
+    hops = torch.randint(0, 3, (b, n), generator=gen) * mask
+    feats = torch.randn(b, n, dim, generator=gen) * mask[..., None]
+    return ModalityInputs(feats=feats, mask=mask, adj=adj, hops=hops)
+
+
+def random_inputs(
+    b: int,
+    text_dim: int,
+    image_dim: int,
+    vocab: int,
+    pad_id: int,
+    seed: int = 0,
+    prompt_len: int = 7,
+    target_len: int = 5,
+    nt: int = 5,
+    np_: int = 3,
+) -> Graph4MMInputs:
+    """A random batch: left-padded prompts, right-padded targets, padded subgraphs."""
+    gen = torch.Generator().manual_seed(seed)
+    prompt_lens = torch.randint(2, prompt_len + 1, (b,), generator=gen)
+    prompt_lens[0] = prompt_len
+    prompt_mask = torch.arange(prompt_len)[None] >= (prompt_len - prompt_lens)[:, None]
+    prompt_ids = torch.randint(4, vocab, (b, prompt_len), generator=gen)
+    prompt_ids = prompt_ids.masked_fill(~prompt_mask, pad_id)
+    target_lens = torch.randint(1, target_len + 1, (b,), generator=gen)
+    target_mask = torch.arange(target_len)[None] < target_lens[:, None]
+    target_ids = torch.randint(4, vocab, (b, target_len), generator=gen)
+    target_ids = target_ids.masked_fill(~target_mask, pad_id)
+    return Graph4MMInputs(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        text=random_modality(b, nt, text_dim, gen, min_nodes=1),
+        image=random_modality(b, np_, image_dim, gen, min_nodes=0),
+        target_ids=target_ids,
+        target_mask=target_mask,
+    )
