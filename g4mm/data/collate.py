@@ -1,0 +1,131 @@
+"""Sample rows (``g4mm.data.schema.SAMPLE_SCHEMA``) + cached frozen features -> model batches.
+
+Frozen encoders never run here: node features are looked up by
+:func:`g4mm.data.schema.feature_key` in the tables the embed stage wrote once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from g4mm.data.schema import feature_key
+from g4mm.model.inputs import Graph4MMInputs, ModalityInputs
+
+
+def rows_from_columns(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Accept a list of row dicts or a dict of columns (what Ray's ``iter_batches`` yields)."""
+    if isinstance(batch, Mapping):
+        columns = {k: list(v) for k, v in batch.items()}
+        n = len(next(iter(columns.values()))) if columns else 0
+        return [{k: columns[k][i] for k in columns} for i in range(n)]
+    return [dict(row) for row in batch]
+
+
+def _as_list(row: Mapping[str, Any], key: str) -> list:
+    """A list column's value for one row (None -> [])."""
+    value = row.get(key)
+    return [] if value is None else list(value)
+
+
+@dataclass
+class GraphCollator:
+    """Builds :class:`Graph4MMInputs` from sample rows.
+
+    Prompts are LEFT-padded (truncated to ``max_prompt_tokens``, the tokenizer's BOS kept);
+    targets get EOS appended and are RIGHT-padded/truncated to ``max_target_tokens``. Node
+    features come from ``text_features`` / ``image_features`` (key -> vector); a node whose
+    feature is missing is masked out and counted in ``missing_features``.
+
+    Shapes of the result: see :class:`Graph4MMInputs`; node widths are ``max_text_nodes`` and
+    ``max_image_nodes`` (at least 1 column each).
+    """
+
+    tokenizer: Any
+    text_features: Mapping[str, np.ndarray]
+    image_features: Mapping[str, np.ndarray]
+    text_dim: int
+    image_dim: int
+    max_text_nodes: int = 12
+    max_image_nodes: int = 5
+    max_prompt_tokens: int = 256
+    max_target_tokens: int = 32
+    with_targets: bool = True
+    missing_features: dict[str, int] = field(default_factory=lambda: {"text": 0, "image": 0})
+
+    def __call__(self, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Graph4MMInputs:
+        rows = rows_from_columns(batch)
+        prompt_ids, prompt_mask = self._prompts([str(r["prompt"]) for r in rows])
+        text = self._modality(rows, "text", "text_nodes", self.text_features, self.text_dim,
+                              self.max_text_nodes)  # fmt: skip
+        image = self._modality(rows, "image", "image_paths", self.image_features, self.image_dim,
+                               self.max_image_nodes)  # fmt: skip
+        inputs = Graph4MMInputs(prompt_ids, prompt_mask, text, image)
+        if self.with_targets:
+            inputs.target_ids, inputs.target_mask = self._targets(
+                [str(r.get("target_text") or "") for r in rows]
+            )
+        return inputs
+
+    def _prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        tok = self.tokenizer
+        side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            enc = tok(prompts, padding=True, truncation=True, max_length=self.max_prompt_tokens,
+                      return_tensors="pt")  # fmt: skip
+        finally:
+            tok.padding_side = side
+        return enc["input_ids"], enc["attention_mask"].bool()
+
+    def _targets(self, targets: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        tok = self.tokenizer
+        ids = tok(targets, add_special_tokens=False)["input_ids"]
+        ids = [(seq + [tok.eos_token_id])[: self.max_target_tokens] for seq in ids]
+        width = max(len(seq) for seq in ids)
+        target_ids = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
+        target_mask = torch.zeros((len(ids), width), dtype=torch.bool)
+        for i, seq in enumerate(ids):
+            target_ids[i, : len(seq)] = torch.tensor(seq)
+            target_mask[i, : len(seq)] = True
+        return target_ids, target_mask
+
+    def _modality(
+        self,
+        rows: list[dict],
+        kind: str,
+        values_field: str,
+        features: Mapping[str, np.ndarray],
+        dim: int,
+        max_nodes: int,
+    ) -> ModalityInputs:
+        b, n = len(rows), max(1, max_nodes)
+        feats = np.zeros((b, n, dim), dtype=np.float32)
+        mask = np.zeros((b, n), dtype=bool)
+        adj = np.zeros((b, n, n), dtype=bool)
+        hops = np.zeros((b, n), dtype=np.int64)
+        for i, row in enumerate(rows):
+            values = _as_list(row, values_field)[:n]
+            for j, value in enumerate(values):
+                vector = features.get(feature_key(kind, str(value)))
+                if vector is None:
+                    self.missing_features[kind] += 1
+                    continue
+                feats[i, j], mask[i, j] = vector, True
+            row_hops = _as_list(row, f"{kind}_hops")[:n]
+            hops[i, : len(row_hops)] = row_hops
+            src = np.asarray(_as_list(row, f"{kind}_edge_src"), dtype=np.int64)
+            dst = np.asarray(_as_list(row, f"{kind}_edge_dst"), dtype=np.int64)
+            keep = (src < n) & (dst < n)
+            adj[i, dst[keep], src[keep]] = True  # attention convention: dst receives from src
+        adj &= mask[:, :, None] & mask[:, None, :]
+        return ModalityInputs(
+            feats=torch.from_numpy(feats),
+            mask=torch.from_numpy(mask),
+            adj=torch.from_numpy(adj),
+            hops=torch.from_numpy(hops * mask),
+        )

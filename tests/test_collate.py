@@ -1,0 +1,108 @@
+"""Collation of sample rows into model batches, and building the tiny backbones."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from g4mm.data.collate import GraphCollator
+from g4mm.data.corpus import ensure_tiny_backbones
+from g4mm.data.schema import SAMPLE_SCHEMA, feature_key
+from g4mm.model import load_lm, load_vision
+
+
+def sample_row(prompt, target, texts, image_paths, text_edges=(), image_edges=()):
+    return {
+        "sample_id": f"s#{prompt}", "split": "train", "prompt": prompt, "target_text": target,
+        "label": None, "zero_shot": False,
+        "text_nodes": list(texts), "text_hops": list(range(len(texts))),
+        "text_edge_src": [s for s, _ in text_edges], "text_edge_dst": [d for _, d in text_edges],
+        "image_paths": list(image_paths), "image_hops": [1] * len(image_paths),
+        "image_edge_src": [s for s, _ in image_edges],
+        "image_edge_dst": [d for _, d in image_edges],
+    }  # fmt: skip
+
+
+@pytest.fixture
+def collator(tokenizer):
+    rng = np.random.default_rng(0)
+    texts = ["red circle", "blue square", "green star", "page about shapes"]
+    images = ["/img/a.png", "/img/b.png"]
+    text_feats = {feature_key("text", t): rng.normal(size=6).astype(np.float32) for t in texts}
+    image_feats = {feature_key("image", p): rng.normal(size=4).astype(np.float32) for p in images}
+    return GraphCollator(
+        tokenizer, text_feats, image_feats, text_dim=6, image_dim=4, max_text_nodes=4,
+        max_image_nodes=3, max_prompt_tokens=16, max_target_tokens=6,
+    )  # fmt: skip
+
+
+def test_collate_builds_padded_inputs_with_features_and_edges(collator, tokenizer):
+    rows = [
+        sample_row("a long prompt about the red circle section", "the circle is red",
+                   ["red circle", "blue square", "green star"], ["/img/a.png", "/img/b.png"],
+                   text_edges=[(1, 0), (0, 1), (2, 1)], image_edges=[(0, 1)]),
+        sample_row("short", "a star", ["green star"], []),
+    ]  # fmt: skip
+    pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)  # rows are valid samples
+    inputs = collator(rows)
+    # prompts: left padded, BOS first on the longest one
+    assert inputs.prompt_mask[1, 0].item() is False and inputs.prompt_mask[1, -1].item() is True
+    assert inputs.prompt_ids[0, 0].item() == tokenizer.bos_token_id
+    # targets: EOS appended, right padded, truncated to 6 tokens
+    for i, target in enumerate(["the circle is red", "a star"]):
+        ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = ids[:6]
+        assert inputs.target_ids[i, : len(ids)].tolist() == ids
+        assert inputs.target_mask[i].sum().item() == len(ids)
+    # features by key, masks, attention-convention adjacency (dst receives from src)
+    torch.testing.assert_close(
+        inputs.text.feats[0, 2],
+        torch.from_numpy(collator.text_features[feature_key("text", "green star")]),
+    )
+    assert inputs.text.mask.tolist() == [[True, True, True, False], [True, False, False, False]]
+    assert inputs.text.adj[0, 0, 1] and inputs.text.adj[0, 1, 0] and inputs.text.adj[0, 1, 2]
+    assert not inputs.text.adj[0, 2, 1]
+    assert inputs.image.adj[0, 1, 0] and not inputs.image.adj[0, 0, 1]
+    assert inputs.image.mask[1].sum() == 0 and inputs.text.hops[0].tolist() == [0, 1, 2, 0]
+
+
+def test_missing_features_are_masked_and_counted(collator):
+    rows = [sample_row("p", "t", ["red circle", "never embedded"], ["/img/missing.png"],
+                       text_edges=[(1, 0)])]  # fmt: skip
+    inputs = collator(rows)
+    assert inputs.text.mask[0].tolist() == [True, False, False, False]
+    assert not inputs.text.adj.any()  # the edge touched a masked node
+    assert collator.missing_features == {"text": 1, "image": 1}
+
+
+def test_collate_accepts_ray_style_column_batches(collator):
+    rows = [sample_row("p one", "t", ["red circle"], ["/img/a.png"]),
+            sample_row("p two", "u", ["blue square"], [])]  # fmt: skip
+    columns = {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]}
+    a, b = collator(rows), collator(columns)
+    assert torch.equal(a.prompt_ids, b.prompt_ids) and torch.equal(a.text.feats, b.text.feats)
+
+
+def test_ensure_tiny_backbones_builds_pretrained_lm_once(tmp_path):
+    corpus = ["the red circle sits above the blue square", "a green star with stripes"] * 50
+    cfg = SimpleNamespace(
+        data=SimpleNamespace(artifact_dir=str(tmp_path), seed=0, image_size=16),
+        model=SimpleNamespace(lm="tiny", vision="tiny"),
+    )
+    assert ensure_tiny_backbones(cfg, corpus, pretrain_steps=30) == {
+        "lm": "built", "vision": "built"
+    }  # fmt: skip
+    assert ensure_tiny_backbones(cfg, corpus) == {"lm": "cached", "vision": "cached"}
+    lm, tok = load_lm("tiny", tmp_path)
+    vision, _ = load_vision("tiny", tmp_path)
+    assert vision.config.image_size == 16
+    # pretraining made the corpus likely: loss well below uniform log(vocab)
+    batch = tok(corpus[:2], return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(~batch["attention_mask"].bool(), -100)
+    with torch.no_grad():
+        loss = lm(**batch, labels=labels).loss.item()
+    assert loss < 0.5 * np.log(len(tok)), loss
