@@ -26,7 +26,7 @@ from g4mm.model.encoders import image_feature_dim, text_feature_dim
 from g4mm.model.tiny import tiny_clip_vision, tiny_llama, tiny_opt, train_tokenizer
 
 
-def tiny_model(kind: str, variant: str, device: str, tokenizer) -> Graph4MM:
+def tiny_model(kind: str, variant: str, device: str, tokenizer, impl: str = "dense") -> Graph4MM:
     torch.manual_seed(0)
     build = tiny_opt if kind == "opt" else tiny_llama
     lm = build(tokenizer, hidden_size=64, num_layers=2, num_heads=4, max_positions=256)
@@ -34,7 +34,7 @@ def tiny_model(kind: str, variant: str, device: str, tokenizer) -> Graph4MM:
     adapter = build_adapter(
         variant, text_feature_dim(lm), image_feature_dim(vision),
         lm.get_input_embeddings().embedding_dim, hidden_dim=32, num_heads=4, alpha=0.1,
-        num_hops=3, num_query_tokens=4, qformer_layers=1, dropout=0.0,
+        num_hops=3, num_query_tokens=4, qformer_layers=1, dropout=0.0, diffusion_impl=impl,
     )  # fmt: skip
     return Graph4MM(lm, adapter, vision, tokenizer, processor, variant).to(device)
 
@@ -76,7 +76,16 @@ def run_checks(device: str) -> list[tuple[str, str, str]]:
             8, text_feature_dim(model.lm), image_feature_dim(model.vision), len(tokenizer),
             tokenizer.pad_token_id, seed=1,
         ).to(device)  # fmt: skip
-        # 2. cpu vs cuda logits (fp32)
+        # 2a. the model's sparse diffusion path on the GPU equals its dense path
+        sparse_model = tiny_model(kind, "hop_diffused", device, tokenizer, impl="sparse").eval()
+        sparse_model.load_adapter_state_dict(model.adapter_state_dict())
+        with torch.no_grad():
+            diff = (sparse_model(inputs).logits - model.eval()(inputs).logits).abs().max().item()
+        rows.append(
+            (f"{kind}: sparse == dense model (cuda)", f"max |diff| {diff:.2e}", ok(diff < 1e-4))
+        )
+        del sparse_model
+        # 2b. cpu vs cuda logits (fp32)
         model.eval()
         with torch.no_grad():
             gpu_logits = model(inputs).logits.float().cpu()

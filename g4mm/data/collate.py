@@ -85,7 +85,7 @@ class GraphCollator:
     def _targets(self, targets: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         tok = self.tokenizer
         ids = tok(targets, add_special_tokens=False)["input_ids"]
-        ids = [(seq + [tok.eos_token_id])[: self.max_target_tokens] for seq in ids]
+        ids = [[*seq, tok.eos_token_id][: self.max_target_tokens] for seq in ids]
         width = max(len(seq) for seq in ids)
         target_ids = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
         target_mask = torch.zeros((len(ids), width), dtype=torch.bool)

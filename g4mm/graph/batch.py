@@ -169,9 +169,9 @@ def dense_batch_to_edge_index(adj: Tensor, mask: Tensor) -> tuple[Tensor, Tensor
         b, i, j = (int(v) for v in (adj & ~pair_mask).nonzero()[0])
         raise ValueError(f"adj[{b}, {i}, {j}] is True but touches a padding slot (mask is False)")
     num_graphs, width = mask.shape
-    batch = torch.arange(num_graphs).repeat_interleave(mask.sum(1))  # [n_real]
+    batch = torch.arange(num_graphs, device=mask.device).repeat_interleave(mask.sum(1))
     if width == 0 or num_graphs == 0:
-        return torch.zeros(2, 0, dtype=torch.long), batch
+        return torch.zeros(2, 0, dtype=torch.long, device=mask.device), batch
     slots, _ = dense_to_sparse(adj)  # [2, E], slot ids b*N + i -> b*N + j, row-major
     slot_to_node = mask.flatten().long().cumsum(0) - 1  # [B*N], rank among real slots
     edge_index = slot_to_node[slots.flip(0)]  # [2, E], (j -> i) in real-node ids
