@@ -1,0 +1,61 @@
+"""Arrow schemas of the preprocessed shards and the feature-cache key.
+
+- :data:`SAMPLE_SCHEMA`: one row per target node (written by the preprocess stage, read by
+  collate). Node lists are in subgraph order (hop, then global index; the target first when it
+  carries the modality); edge lists hold LOCAL indices into those lists, source -> target.
+- :data:`FEATURE_SCHEMA`: one row per unique text or image, keyed by :func:`feature_key`.
+
+All fields use Arrow's default (nullable) so tables that went through Ray Data / pandas still
+compare equal to the schema; only ``target_text`` and ``label`` are ever null in practice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+import pyarrow as pa
+
+__all__ = ["FEATURE_SCHEMA", "SAMPLE_SCHEMA", "feature_key"]
+
+_I32_LIST = pa.list_(pa.int32())
+
+#: One row per target node.
+SAMPLE_SCHEMA: pa.Schema = pa.schema(
+    [
+        pa.field("sample_id", pa.string()),  # "<source>#<node external id>"
+        pa.field("split", pa.string()),  # "train" | "val" | "test"
+        pa.field("prompt", pa.string()),
+        pa.field("target_text", pa.string()),
+        pa.field("label", pa.int64()),
+        pa.field("zero_shot", pa.bool_()),
+        pa.field("text_nodes", pa.list_(pa.string())),
+        pa.field("text_hops", _I32_LIST),
+        pa.field("text_edge_src", _I32_LIST),
+        pa.field("text_edge_dst", _I32_LIST),
+        pa.field("image_paths", pa.list_(pa.string())),
+        pa.field("image_hops", _I32_LIST),
+        pa.field("image_edge_src", _I32_LIST),
+        pa.field("image_edge_dst", _I32_LIST),
+    ]
+)
+
+#: One row per unique text / image: its frozen-encoder feature vector.
+FEATURE_SCHEMA: pa.Schema = pa.schema(
+    [
+        pa.field("key", pa.string()),
+        pa.field("feature", pa.list_(pa.float32())),
+    ]
+)
+
+
+def feature_key(kind: Literal["text", "image"], value: str) -> str:
+    """``kind + ":" + sha1(value as utf-8).hexdigest()``, the key of a text (its content) or an
+    image (its resolved path) in the feature shards.
+
+    Raises:
+        ValueError: for a kind other than ``"text"`` / ``"image"``.
+    """
+    if kind not in ("text", "image"):
+        raise ValueError(f"feature kind must be 'text' or 'image', got {kind!r}")
+    return f"{kind}:{hashlib.sha1(value.encode('utf-8')).hexdigest()}"
