@@ -93,7 +93,7 @@ def test_ensure_tiny_backbones_builds_pretrained_lm_once(tmp_path):
         data=SimpleNamespace(artifact_dir=str(tmp_path), seed=0, image_size=16),
         model=SimpleNamespace(lm="tiny", vision="tiny"),
     )
-    assert ensure_tiny_backbones(cfg, corpus, pretrain_steps=30) == {
+    assert ensure_tiny_backbones(cfg, corpus, pretrain_steps=30, vision_steps=40) == {
         "lm": "built", "vision": "built"
     }  # fmt: skip
     assert ensure_tiny_backbones(cfg, corpus) == {"lm": "cached", "vision": "cached"}
@@ -106,3 +106,28 @@ def test_ensure_tiny_backbones_builds_pretrained_lm_once(tmp_path):
     with torch.no_grad():
         loss = lm(**batch, labels=labels).loss.item()
     assert loss < 0.5 * np.log(len(tok)), loss
+
+
+def test_vision_pretraining_learns_attributes_that_generalise():
+    """After brief pretraining, fresh renders' pooled features separate colour and count."""
+    from g4mm.data.corpus import VISION_TASKS, pretrain_vision
+    from g4mm.data.synthetic import random_render_attributes, render_image
+    from g4mm.model.tiny import tiny_clip_vision
+
+    torch.manual_seed(0)
+    vision, processor = tiny_clip_vision(image_size=32)
+    pretrain_vision(vision, processor, 32, steps=120, pool_size=512, batch_size=32)
+    rng = np.random.default_rng(123)  # images never seen in pretraining
+    attrs = [random_render_attributes(rng) for _ in range(300)]
+    pixels = processor(images=[render_image(a, 32, rng) for a in attrs], return_tensors="pt")
+    with torch.no_grad():
+        feats = vision(pixel_values=pixels["pixel_values"]).pooler_output
+    for task, floor in (("colour", 0.5), ("count", 0.6)):
+        y = torch.tensor([VISION_TASKS[task].index(getattr(a, task)) for a in attrs])
+        train, test = slice(0, 200), slice(200, 300)
+        centroids = torch.stack([
+            feats[train][y[train] == c].mean(0) for c in range(len(VISION_TASKS[task]))
+        ])  # fmt: skip
+        accuracy = (torch.cdist(feats[test], centroids).argmin(1) == y[test]).float().mean()
+        chance = 1 / len(VISION_TASKS[task])
+        assert accuracy > max(floor, 2 * chance), (task, accuracy.item())

@@ -24,7 +24,14 @@ def test_library_parts_do_not_import_ray(package):
 
 @pytest.mark.parametrize(
     "command",
-    [["jobs/train.py"], ["bench/oversmoothing.py"], ["-m", "g4mm.model.tiny"]],
+    [
+        ["jobs/train.py"],
+        ["jobs/preprocess.py"],
+        ["bench/oversmoothing.py"],
+        ["bench/pipeline.py"],
+        ["bench/gpu_check.py"],
+        ["-m", "g4mm.model.tiny"],
+    ],
 )
 def test_every_command_has_help(command):
     proc = subprocess.run(

@@ -2,8 +2,10 @@
 
 The tokenizer is trained on the corpus, then a small OPT-architecture LM is pretrained briefly
 on it (next-token prediction over packed 64-token chunks), so the frozen LM is a language model
-of the domain rather than random weights. The vision encoder is a small CLIP ViT. Both are saved
-with ``save_pretrained`` and then loaded through the backbone registry like any HF checkpoint.
+of the domain rather than random weights. The vision encoder is a small CLIP ViT pretrained
+briefly to recognise colour, shape, count and texture on freshly rendered images (never the
+dataset's own images), the role CLIP's pretraining plays for the paper. Both are saved with
+``save_pretrained`` and then loaded through the backbone registry like any HF checkpoint.
 """
 
 from __future__ import annotations
@@ -16,8 +18,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from g4mm.data.synthetic import (
+    COLOURS,
+    PRODUCT_COLOURS,
+    SHAPES,
+    TEXTURES,
+    random_render_attributes,
+    render_image,
+)
 from g4mm.model.backbones import BACKBONES
 from g4mm.model.tiny import tiny_clip_vision, tiny_opt, train_tokenizer
 
@@ -55,6 +66,65 @@ def pretrain_lm(
     return losses
 
 
+VISION_TASKS: dict[str, list] = {
+    "colour": [*COLOURS, *PRODUCT_COLOURS],
+    "shape": [*SHAPES, "ring"],
+    "count": [1, 2, 3],
+    "texture": list(TEXTURES),
+}
+
+
+def pretrain_vision(
+    vision: torch.nn.Module,
+    processor: Any,
+    image_size: int,
+    steps: int = 200,
+    pool_size: int = 1024,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Multi-task attribute classification on rendered images, through the pooled output.
+
+    One linear head per attribute in :data:`VISION_TASKS` on ``pooler_output``; the heads are
+    thrown away afterwards. Returns the final training accuracy per attribute.
+    """
+    rng = np.random.default_rng(seed)
+    attrs = [random_render_attributes(rng) for _ in range(pool_size)]
+    images = [render_image(a, image_size, rng) for a in attrs]
+    pixels = processor(images=images, return_tensors="pt")["pixel_values"]  # (P, 3, H, W)
+    labels = {
+        task: torch.tensor([values.index(getattr(a, task)) for a in attrs])
+        for task, values in VISION_TASKS.items()
+    }
+    width = vision.config.hidden_size
+    heads = torch.nn.ModuleDict(
+        {t: torch.nn.Linear(width, len(v)) for t, v in VISION_TASKS.items()}
+    )
+    params = [*vision.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+    gen = torch.Generator().manual_seed(seed)
+    vision.train()
+    correct = dict.fromkeys(VISION_TASKS, 0.0)
+    for step in range(steps):
+        idx = torch.randint(0, pool_size, (batch_size,), generator=gen)
+        pooled = vision(pixel_values=pixels[idx]).pooler_output  # (B, D)
+        loss = torch.zeros(())
+        for task, head in heads.items():
+            logits = head(pooled)
+            loss = loss + torch.nn.functional.cross_entropy(logits, labels[task][idx])
+            if step == steps - 1:
+                correct[task] = (logits.argmax(-1) == labels[task][idx]).float().mean().item()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+    vision.eval()
+    return correct
+
+
 def _atomic_save(target: Path, save) -> None:
     """Save into a temporary sibling directory, then rename: readers never see half a model."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +142,11 @@ def _atomic_save(target: Path, save) -> None:
 
 
 def ensure_tiny_backbones(
-    cfg: Any, corpus: Iterable[str], pretrain_steps: int = 300, image_size: int | None = None
+    cfg: Any,
+    corpus: Iterable[str],
+    pretrain_steps: int = 300,
+    image_size: int | None = None,
+    vision_steps: int = 200,
 ) -> dict[str, str]:
     """Build whichever of the ``tiny`` LM / vision backbones ``cfg.model`` asks for and lacks.
 
@@ -113,7 +187,13 @@ def ensure_tiny_backbones(
             status["vision"] = "cached"
         else:
             torch.manual_seed(cfg.data.seed)
-            vision, processor = tiny_clip_vision(image_size or cfg.data.image_size)
+            size = image_size or cfg.data.image_size
+            vision, processor = tiny_clip_vision(size)
+            start = time.perf_counter()
+            accuracy = pretrain_vision(vision, processor, size, steps=vision_steps,
+                                       seed=cfg.data.seed)  # fmt: skip
+            log.info("built tiny vision encoder in %.1fs: train accuracy %s",
+                     time.perf_counter() - start, accuracy)  # fmt: skip
 
             def save_vision(path: Path) -> None:
                 vision.save_pretrained(path)

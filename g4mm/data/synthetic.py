@@ -79,6 +79,7 @@ __all__ = [
     "PRODUCT_CLASS_NAMES",
     "SHAPES",
     "corpus_texts",
+    "random_render_attributes",
     "render_image",
     "write_synthetic_docs",
     "write_synthetic_products",
@@ -342,6 +343,20 @@ def _random_attrs(rng: np.random.Generator, colour: str | None = None) -> ImageA
         count=int(rng.integers(1, 4)),
         texture=str(rng.choice(TEXTURES)),
         rgb=_jitter_rgb(COLOURS[colour], rng),
+    )
+
+
+def random_render_attributes(rng: np.random.Generator) -> ImageAttributes:
+    """Any attribute combination either benchmark can draw (docs and product colours, every
+    shape incl. rings): the distribution the tiny vision encoder is pretrained on."""
+    palette = {**COLOURS, **PRODUCT_COLOURS}
+    colour = str(rng.choice(list(palette)))
+    return ImageAttributes(
+        colour=colour,
+        shape=str(rng.choice([*SHAPES, "ring"])),
+        count=int(rng.integers(1, 4)),
+        texture=str(rng.choice(TEXTURES)),
+        rgb=_jitter_rgb(palette[colour], rng),
     )
 
 

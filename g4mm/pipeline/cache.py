@@ -1,0 +1,170 @@
+"""Content-hash cache of preprocessed + embedded shards (Ray-free).
+
+Layout under ``output_dir``::
+
+    <cache_key>/            committed atomically (built in .tmp-*, then renamed)
+        samples/<split>/*.parquet
+        features/{text,image}/*.parquet
+        report.json
+        DONE                written last; a directory without it is rebuilt
+
+The key is sha256 over: the source (file listing with sizes + mtimes, or the synthetic
+generator's parameters), the :class:`~g4mm.config.DataConfig` fields that change the content,
+:data:`PIPELINE_VERSION`, and the frozen encoders (names plus digests of the files of local
+backbones).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from g4mm.config import ExperimentConfig
+from g4mm.model.backbones import BackboneNotFoundError, resolve_backbone
+
+__all__ = [
+    "DONE",
+    "PIPELINE_VERSION",
+    "cache_key",
+    "commit_dir",
+    "encoder_fingerprint",
+    "is_done",
+    "new_tmp_dir",
+    "source_fingerprint",
+]
+
+DONE = "DONE"
+PIPELINE_VERSION = 1
+#: DataConfig fields that never change the produced shards.
+_NON_CONTENT_FIELDS = frozenset({"num_blocks", "artifact_dir"})
+_SMALL_FILE = 64 * 1024**2  # content-hash files up to this size, else size + mtime
+
+
+def _sha256(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    st = path.stat()
+    if st.st_size <= _SMALL_FILE:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _listing(root: Path) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime_ns) of every file under ``root`` (or of ``root`` itself)."""
+    if root.is_file():
+        st = root.stat()
+        return [(root.name, st.st_size, st.st_mtime_ns)]
+    out = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            p = Path(dirpath) / name
+            st = p.stat()
+            out.append((str(p.relative_to(root)), st.st_size, st.st_mtime_ns))
+    return sorted(out)
+
+
+def source_fingerprint(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What identifies the raw input: synthetic parameters or a listing of the input files."""
+    d = cfg.data
+    common = {"image_size": d.image_size, "seed": d.seed}
+    if d.dataset == "synthetic-docs":
+        return {"synthetic": d.dataset, "num_pages": d.num_pages, **common}
+    if d.dataset == "synthetic-products":
+        return {"synthetic": d.dataset, "num_products": d.num_products, **common}
+    if d.input is None:
+        raise ValueError(f"data.input is required for dataset {d.dataset!r}")
+    src: dict[str, Any] = {"input": str(Path(d.input).resolve()), "files": _listing(Path(d.input))}
+    if d.images is not None and Path(d.images).resolve() != Path(d.input).resolve():
+        src["images"] = str(Path(d.images).resolve())
+        src["image_files"] = _listing(Path(d.images))
+    return src
+
+
+def _backbone_fingerprint(name: str, kind: str, artifact_dir: str) -> dict[str, Any] | None:
+    """Name + digests of a local backbone's files; None when a local backbone isn't built."""
+    try:
+        source = resolve_backbone(name, kind, artifact_dir)  # type: ignore[arg-type]
+    except BackboneNotFoundError:
+        return None
+    path = Path(source)
+    if not path.is_dir():  # hub id: the name is all we know without the network
+        return {"name": name, "hub": source}
+    files = {p.name: _file_digest(p) for p in sorted(path.iterdir()) if p.is_file()}
+    return {"name": name, "files": files}
+
+
+def encoder_fingerprint(cfg: ExperimentConfig) -> dict[str, Any] | None:
+    """The frozen encoders' identity, or None when a local (tiny) backbone isn't built yet."""
+    m = cfg.model
+    text_name = m.lm if m.text_encoder == "lm" else m.text_encoder
+    text = _backbone_fingerprint(text_name, "lm", cfg.data.artifact_dir)
+    vision = _backbone_fingerprint(m.vision, "vision", cfg.data.artifact_dir)
+    if text is None or vision is None:
+        return None
+    return {"text": text, "vision": vision}
+
+
+def cache_key(cfg: ExperimentConfig) -> str | None:
+    """sha256 hex (first 16 chars) of everything that decides the output, or None when the
+    encoders cannot be fingerprinted yet (a tiny backbone still to be built).
+
+    The code is represented by :data:`PIPELINE_VERSION` only (bump it when a change to the
+    readers / sample builder / encoders changes the shards): hashing the source files made
+    every unrelated edit or reformat invalidate every cache.
+    """
+    encoders = encoder_fingerprint(cfg)
+    if encoders is None:
+        return None
+    data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in _NON_CONTENT_FIELDS}
+    if cfg.data.dataset.startswith("synthetic"):
+        data.pop("input", None)
+        data.pop("images", None)
+    payload = {
+        "version": PIPELINE_VERSION,
+        "source": source_fingerprint(cfg),
+        "data": data,
+        "encoders": encoders,
+    }
+    return _sha256(payload)[:16]
+
+
+def is_done(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a committed cache directory (has its ``DONE`` marker)."""
+    return (Path(path) / DONE).is_file()
+
+
+def new_tmp_dir(output_dir: str | os.PathLike[str]) -> Path:
+    """A fresh private build directory inside ``output_dir`` (same filesystem -> atomic rename)."""
+    tmp = Path(output_dir) / f".tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit_dir(tmp: Path, final: Path) -> bool:
+    """Write ``DONE`` into ``tmp`` and rename it to ``final``.
+
+    A stale ``final`` without ``DONE`` (crashed earlier run) is removed first. Returns False when
+    another process committed ``final`` meanwhile (``tmp`` is then discarded).
+    """
+    (tmp / DONE).write_text("ok\n")
+    if final.exists():
+        if is_done(final):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False
+        shutil.rmtree(final)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if is_done(final):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False
+        raise
+    return True

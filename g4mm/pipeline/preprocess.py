@@ -1,0 +1,398 @@
+"""Preprocess + embed with Ray Data, cached by content hash.
+
+Stages (each prints one progress line with counts and elapsed seconds)::
+
+    raw      synthetic sources only: generate raw files under output_dir/raw/<dataset>
+    read     WikiWeb2M: (file, stripe) work items over blocks -> one SourceGraph per record ->
+             sample rows; MM-GRAPH / parquet: the graph read once in one task, its target nodes
+             spread over blocks for sample building
+    samples  parquet shards per split: <key>/samples/<split>/
+    backbones  tiny backbones built from the corpus when missing (g4mm.data.corpus)
+    embed    unique texts / images -> frozen encoders in an actor pool (GPU when present)
+             -> <key>/features/{text,image}/
+    commit   report.json + DONE, then the build directory is renamed to <key>
+
+A rerun with the same key prints ``cache hit: <dir>`` and returns the stored report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from g4mm.config import DataConfig, ExperimentConfig
+from g4mm.data.records import ReadStats
+from g4mm.pipeline import sources
+from g4mm.pipeline.cache import (
+    cache_key,
+    commit_dir,
+    encoder_fingerprint,
+    is_done,
+    new_tmp_dir,
+)
+from g4mm.pipeline.embed import ImageEmbedder, TextEmbedder
+from g4mm.pipeline.ray_runtime import cluster_cpus, cluster_gpus, init_ray
+
+__all__ = ["REPORT_NAME", "run_preprocess"]
+
+REPORT_NAME = "report.json"
+_EMBED_BATCH = 64
+_SYNTHETIC_READER = {"synthetic-docs": "wikiweb2m", "synthetic-products": "mmgraph"}
+
+
+class _Progress:
+    """Prints ``[preprocess] <stage>: <message> (+<elapsed>s)`` lines and keeps stage timings."""
+
+    def __init__(self, start: float) -> None:
+        self.start = self.last = start
+        self.stages: dict[str, float] = {}
+
+    def __call__(self, stage: str, message: str) -> None:
+        now = time.perf_counter()
+        self.stages[stage] = round(self.stages.get(stage, 0.0) + now - self.last, 3)
+        self.last = now
+        print(f"[preprocess] {stage}: {message} (+{now - self.start:.1f}s)", flush=True)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+# ----------------------------------------------------------------------------------- raw
+
+
+def _ensure_raw(cfg: ExperimentConfig, output_dir: Path) -> DataConfig:
+    """Generate a synthetic source's raw files (reused when their parameters match) and return
+    the DataConfig that reads them through the real reader."""
+    from g4mm.data import synthetic
+
+    d = cfg.data
+    params = {"dataset": d.dataset, "image_size": d.image_size, "seed": d.seed}
+    if d.dataset == "synthetic-docs":
+        params["num_pages"] = d.num_pages
+    else:
+        params["num_products"] = d.num_products
+    raw = output_dir / "raw" / d.dataset
+    marker = raw / "params.json"
+    if not (marker.is_file() and json.loads(marker.read_text()) == params):
+        tmp = new_tmp_dir(output_dir)
+        if d.dataset == "synthetic-docs":
+            synthetic.write_synthetic_docs(
+                tmp, num_pages=d.num_pages, image_size=d.image_size, seed=d.seed
+            )
+        else:
+            synthetic.write_synthetic_products(
+                tmp, num_products=d.num_products, image_size=d.image_size, seed=d.seed
+            )
+        (tmp / "params.json").write_text(json.dumps(params))
+        if raw.exists():
+            shutil.rmtree(raw)
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(raw)
+    images = str(raw / "images") if d.dataset == "synthetic-docs" else None
+    return dataclasses.replace(
+        d, dataset=_SYNTHETIC_READER[d.dataset], input=str(raw), images=images
+    )
+
+
+# ---------------------------------------------------------------------------------- read
+
+
+def _read_and_build(cfg: ExperimentConfig, data_cfg: DataConfig) -> tuple[ray.data.Dataset, dict]:
+    """Sample rows (+ bookkeeping columns), materialized, and the merged read stats."""
+    num_blocks = max(1, cfg.data.num_blocks)
+    if data_cfg.dataset == "wikiweb2m":
+        assert data_cfg.input is not None
+        items = sources.record_items(sources.tfrecord_files(data_cfg.input), num_blocks)
+        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            sources.wikiweb2m_items_to_table,
+            batch_size=1,
+            batch_format="pyarrow",
+            fn_kwargs={"data_cfg": data_cfg},
+        )
+        base = ReadStats()
+    else:
+        read = ray.remote(sources.read_single_graph).options(num_returns=3)
+        local_cfg = dataclasses.replace(cfg, data=data_cfg)
+        src_ref, stats_ref, n_ref = read.remote(local_cfg)
+        base, n_targets = ReadStats.from_dict(ray.get(stats_ref)), ray.get(n_ref)
+        if n_targets == 0:
+            ds = ray.data.from_arrow(
+                sources.rows_table(
+                    [], {**base.to_dict(), "targets": 0, "build_skipped": 0, "samples_by_split": {}}
+                )
+            )
+            base = ReadStats()
+        else:
+            ds = ray.data.range(n_targets, override_num_blocks=min(num_blocks, n_targets))
+            ds = ds.map_batches(
+                _targets_batch,
+                batch_format="numpy",
+                fn_kwargs={"src_ref": [src_ref], "data_cfg": data_cfg},
+            )
+    mat = ds.materialize()
+    stats, extra = base, {"targets": 0, "build_skipped": 0, "samples": Counter()}
+    for batch in mat.select_columns(["_stats"]).iter_batches(batch_format="pyarrow"):
+        for cell in batch.column("_stats").to_pylist():
+            if cell is None:
+                continue
+            info = json.loads(cell)
+            stats.merge(info)
+            extra["targets"] += info["targets"]
+            extra["build_skipped"] += info["build_skipped"]
+            extra["samples"].update(info["samples_by_split"])
+    return mat, {**stats.to_dict(), **extra}
+
+
+def _targets_batch(batch: dict, src_ref: list, data_cfg: DataConfig) -> pa.Table:
+    """Target indices -> sample rows of the shared SourceGraph (fetched once per worker)."""
+    ref = src_ref[0]
+    cached = _GRAPH_CACHE.get(ref.hex())
+    if cached is None:
+        _GRAPH_CACHE.clear()
+        cached = _GRAPH_CACHE[ref.hex()] = ray.get(ref)
+    return sources.targets_to_table(batch, cached, data_cfg)
+
+
+_GRAPH_CACHE: dict[str, Any] = {}
+
+
+# -------------------------------------------------------------------------------- samples
+
+
+def _only_samples(batch: pa.Table) -> pa.Table:
+    return batch.filter(batch.column("_is_sample")).drop_columns(list(sources.BOOKKEEPING))
+
+
+def _split_filter(batch: pa.Table, split: str) -> pa.Table:
+    return batch.filter(pc.equal(batch.column("split"), split))
+
+
+def _write_samples(rows: ray.data.Dataset, splits: list[str], out: Path) -> None:
+    samples = rows.map_batches(_only_samples, batch_format="pyarrow", batch_size=None)
+    for split in splits:
+        samples.map_batches(
+            _split_filter, batch_format="pyarrow", batch_size=None, fn_kwargs={"split": split}
+        ).write_parquet(str(out / "samples" / split))
+
+
+def _unique_values(rows: ray.data.Dataset) -> tuple[list[str], list[str]]:
+    """Distinct non-empty node texts and image paths of the (materialized) sample rows.
+
+    Deduplicated per batch in Arrow, then across batches in the driver (the lists are what the
+    embed stage ships to its actors anyway).
+    """
+    texts: set[str] = set()
+    images: set[str] = set()
+    cols = ["text_nodes", "image_paths", "_is_sample"]
+    for batch in rows.select_columns(cols).iter_batches(batch_format="pyarrow", batch_size=None):
+        batch = batch.filter(batch.column("_is_sample"))
+        for column, acc in (("text_nodes", texts), ("image_paths", images)):
+            values = pc.list_flatten(batch.column(column)).unique()
+            acc.update(v for v in values.to_pylist() if v)
+    return sorted(texts), sorted(images)
+
+
+def _corpus(rows: ray.data.Dataset, texts: list[str]) -> list[str]:
+    """Node texts + prompts + targets: the tiny tokenizer / LM's training corpus."""
+    corpus = list(texts)
+    for batch in rows.select_columns(["prompt", "target_text", "_is_sample"]).iter_batches(
+        batch_format="pyarrow"
+    ):
+        batch = batch.filter(batch.column("_is_sample"))
+        for col in ("prompt", "target_text"):
+            corpus.extend(v for v in batch.column(col).to_pylist() if v)
+    return corpus
+
+
+def _build_backbones(
+    cfg: ExperimentConfig, data_cfg: DataConfig, rows: ray.data.Dataset, texts: list[str]
+) -> dict[str, str]:
+    """Build the missing tiny backbones: from the whole generated corpus for synthetic sources,
+    else from the samples' node texts, prompts and targets."""
+    from g4mm.data.corpus import ensure_tiny_backbones
+
+    if cfg.data.dataset in _SYNTHETIC_READER:
+        from g4mm.data.synthetic import corpus_texts
+
+        assert data_cfg.input is not None
+        corpus = list(corpus_texts(data_cfg.input))
+    else:
+        corpus = _corpus(rows, texts)
+    return ensure_tiny_backbones(cfg, corpus)
+
+
+# ---------------------------------------------------------------------------------- embed
+
+
+def _embed(
+    values: list[str], actor_cls: type, ctor: dict[str, Any], out: Path, cpus: int, gpus: int
+) -> int:
+    """Run ``actor_cls`` over ``values`` in an actor pool; write FEATURE_SCHEMA parquet."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not values:
+        return 0
+    batches = -(-len(values) // _EMBED_BATCH)
+    # GPU: one actor per GPU. CPU: the two embed pools share the CPUs, each actor one CPU.
+    actors = gpus if gpus > 0 else max(1, min(max(1, cpus // 2), -(-batches // 4)))
+    ds = ray.data.from_items(
+        [{"value": v} for v in values], override_num_blocks=max(1, min(batches, 4 * actors))
+    )
+    # The text and image pools run at once: half a GPU each lets them share every GPU.
+    resources = {"num_gpus": 0.5} if gpus > 0 else {"num_cpus": 1}
+    feats = ds.map_batches(
+        actor_cls,
+        fn_constructor_kwargs=ctor,
+        batch_size=_EMBED_BATCH,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        **resources,
+    ).materialize()
+    feats.write_parquet(str(out))
+    return feats.count()
+
+
+def _embed_stage(
+    cfg: ExperimentConfig, texts: list[str], images: list[str], out: Path, cpus: int, gpus: int
+) -> tuple[int, int]:
+    """Text and image features into ``out/text`` and ``out/image``; returns both row counts.
+
+    The two actor pools run at once (one driver thread each), so one model's loading overlaps
+    the other's work.
+    """
+    m, art = cfg.model, cfg.data.artifact_dir
+    text_name = m.lm if m.text_encoder == "lm" else m.text_encoder
+    text_ctor = {"name": text_name, "artifact_dir": art, "max_length": cfg.data.max_prompt_tokens}
+    image_ctor = {"name": m.vision, "artifact_dir": art}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        text = pool.submit(_embed, texts, TextEmbedder, text_ctor, out / "text", cpus, gpus)
+        image = pool.submit(_embed, images, ImageEmbedder, image_ctor, out / "image", cpus, gpus)
+        return text.result(), image.result()
+
+
+# --------------------------------------------------------------------------------- report
+
+
+def _load_report(path: Path) -> dict[str, Any]:
+    return json.loads((path / REPORT_NAME).read_text())
+
+
+def _cache_hit(final: Path, start: float) -> dict[str, Any]:
+    print(f"cache hit: {final}", flush=True)
+    report = _load_report(final)
+    report.update(
+        cache_hit=True,
+        stages_run=[],
+        embedded={"text": 0, "image": 0},
+        hit_seconds=round(time.perf_counter() - start, 3),
+        output=str(final),
+    )
+    return report
+
+
+def run_preprocess(
+    cfg: ExperimentConfig, output_dir: str | Path, *, num_cpus: int | None = None
+) -> dict[str, Any]:
+    """Preprocess ``cfg.data`` and embed it with ``cfg.model``'s frozen encoders, cached.
+
+    Args:
+        cfg: the experiment config (``data`` section: source and subgraph sizes; ``model``:
+            ``lm`` / ``text_encoder`` / ``vision`` backbones).
+        output_dir: cache root; results land in ``output_dir/<cache_key>/``.
+        num_cpus: CPUs of a locally started Ray (ignored when joining a cluster).
+
+    Returns:
+        The report (also ``<key>/report.json``): ``samples`` per split, ``targets``,
+        ``images`` {ok, missing, corrupt}, ``skipped`` {reason: n}, ``features`` and
+        ``embedded`` {text, image}, ``cache_key``, ``cache_hit``, ``seconds``,
+        ``samples_per_s``, ``stages`` (seconds each), ``stages_run``, ``output``.
+    """
+    start = time.perf_counter()
+    out = Path(output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    key = cache_key(cfg)
+    if key is not None and is_done(out / key):
+        return _cache_hit(out / key, start)
+
+    progress, stages_run = _Progress(start), []
+    init_ray(num_cpus)
+    progress("ray", f"connected, {cluster_cpus()} CPUs, {cluster_gpus()} GPUs")
+    tmp = new_tmp_dir(out)
+    try:
+        data_cfg = cfg.data
+        if cfg.data.dataset in _SYNTHETIC_READER:
+            data_cfg = _ensure_raw(cfg, out)
+            progress("raw", f"{cfg.data.dataset} files in {data_cfg.input}")
+            stages_run.append("raw")
+        rows, info = _read_and_build(cfg, data_cfg)
+        n_samples = sum(info["samples"].values())
+        progress(
+            "read",
+            f"{info['targets']} targets -> {n_samples} samples, images {info['images']}, "
+            f"skipped {info['skipped']}",
+        )
+        stages_run.append("read")
+        splits = sorted(info["samples"])
+        _write_samples(rows, splits, tmp)
+        progress("samples", ", ".join(f"{s}={info['samples'][s]}" for s in splits) or "none")
+        stages_run.append("samples")
+
+        texts, images = _unique_values(rows)
+        if encoder_fingerprint(cfg) is None:  # a tiny backbone still to be built
+            status = _build_backbones(cfg, data_cfg, rows, texts)
+            progress("backbones", f"tiny backbones {status} in {cfg.data.artifact_dir}")
+            stages_run.append("backbones")
+        key = cache_key(cfg)
+        assert key is not None, "encoders still not resolvable after building backbones"
+        if is_done(out / key):  # built by a concurrent run meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+            return _cache_hit(out / key, start)
+
+        cpus, gpus = cluster_cpus(), cluster_gpus()
+        n_text, n_image = _embed_stage(cfg, texts, images, tmp / "features", cpus, gpus)
+        progress(
+            "embed",
+            f"{n_text}/{len(texts)} texts, {n_image}/{len(images)} images "
+            f"({f'GPU x{gpus}' if gpus else 'CPU'})",
+        )
+        stages_run.append("embed")
+
+        seconds = progress.elapsed
+        report = {
+            "dataset": cfg.data.dataset,
+            "cache_key": key,
+            "cache_hit": False,
+            "samples": dict(sorted(info["samples"].items())),
+            "targets": info["targets"],
+            "build_skipped": info["build_skipped"],
+            "images": info["images"],
+            "skipped": info["skipped"],
+            "features": {"text": n_text, "image": n_image},
+            "embedded": {"text": n_text, "image": n_image},
+            "seconds": round(seconds, 3),
+            "samples_per_s": round(n_samples / seconds, 2) if seconds > 0 else None,
+            "num_cpus": cpus,
+            "num_gpus": gpus,
+            "stages": progress.stages,
+            "stages_run": stages_run,
+        }
+        final = out / key
+        report["output"] = str(final)
+        (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+        if not commit_dir(tmp, final):
+            return _cache_hit(final, start)
+        progress("commit", f"{final}")
+        return report
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,73 @@
+"""Ray start-up for the pipeline: join a running cluster or start a local one, tune Ray Data.
+
+Joining order: an already initialised Ray in this process; ``RAY_ADDRESS`` when set; a cluster
+started on this machine with ``ray start`` (``address="auto"``); otherwise a local Ray with the
+dashboard bound to 127.0.0.1. See ``/work/shared/RAY-NOTES.md`` for why resource reservation is
+switched off (map stages scale 1 -> 2 CPUs only without it on small machines).
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+from ray.data import DataContext
+
+__all__ = ["cluster_cpus", "cluster_gpus", "configure_data_context", "init_ray"]
+
+
+def configure_data_context(progress_bars: bool | None = None) -> DataContext:
+    """Apply the pipeline's Ray Data settings to the current :class:`DataContext`.
+
+    Args:
+        progress_bars: force progress bars on/off; ``None`` keeps them unless
+            ``RAY_DATA_DISABLE_PROGRESS_BARS=1`` is set (tests and CI set it).
+    """
+    ctx = DataContext.get_current()
+    ctx.op_resource_reservation_enabled = False
+    if progress_bars is None:
+        progress_bars = os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "0") != "1"
+    ctx.enable_progress_bars = progress_bars
+    ctx.print_on_execution_start = False
+    return ctx
+
+
+def _running_local_cluster() -> bool:
+    """True when ``ray start`` left a cluster address file on this machine."""
+    try:
+        from ray._private.utils import get_ray_address_file  # private API
+
+        return os.path.exists(get_ray_address_file(None))
+    except Exception:  # pragma: no cover - private API moved
+        return False
+
+
+def init_ray(num_cpus: int | None = None, *, progress_bars: bool | None = None) -> None:
+    """Connect to Ray (idempotent) and configure Ray Data.
+
+    Args:
+        num_cpus: logical CPUs of a *locally started* Ray (ignored when joining a cluster).
+        progress_bars: see :func:`configure_data_context`.
+    """
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        elif _running_local_cluster():
+            try:
+                ray.init(address="auto", log_to_driver=True)
+            except ConnectionError:  # stale address file: start our own
+                ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1")
+        else:
+            ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1")
+    configure_data_context(progress_bars)
+
+
+def cluster_cpus() -> int:
+    """Logical CPUs of the connected cluster (at least 1)."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def cluster_gpus() -> int:
+    """GPUs of the connected cluster (0 when none)."""
+    return int(ray.cluster_resources().get("GPU", 0))

@@ -1,0 +1,249 @@
+"""The Ray Data preprocess + embed pipeline on a real local Ray (2 CPUs) with real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from g4mm.config import load_config
+from g4mm.data.schema import SAMPLE_SCHEMA, feature_key
+from g4mm.pipeline.cache import DONE, cache_key
+
+ROOT = Path(__file__).resolve().parents[1]
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    from g4mm.pipeline.ray_runtime import configure_data_context
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    configure_data_context(progress_bars=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def artifact_dir(tmp_path_factory) -> str:
+    """Tiny backbones built once (barely pretrained: the pipeline only needs them loadable)."""
+    from g4mm.data.corpus import ensure_tiny_backbones
+
+    art = tmp_path_factory.mktemp("artifacts")
+    cfg = load_config("smoke", [f"data.artifact_dir={art}"])
+    corpus = [f"section {i} about the red circle and blue square, page {i % 7}" for i in range(200)]
+    ensure_tiny_backbones(cfg, corpus, pretrain_steps=2)
+    return str(art)
+
+
+def _read_split_dirs(key_dir: Path) -> dict[str, pa.Table]:
+    root = key_dir / "samples"
+    return {p.name: pq.read_table(str(p)) for p in sorted(root.iterdir()) if p.is_dir()}
+
+
+# ------------------------------------------------------------------ synthetic docs end to end
+
+
+@pytest.fixture(scope="module")
+def docs_run(ray_local, artifact_dir, tmp_path_factory):
+    from g4mm.pipeline import run_preprocess
+
+    out = tmp_path_factory.mktemp("prep-docs")
+    cfg = load_config("smoke", [f"data.artifact_dir={artifact_dir}", "data.num_blocks=4"])
+    first = run_preprocess(cfg, out)
+    second = run_preprocess(cfg, out)
+    return cfg, out, first, second
+
+
+@pytest.mark.slow
+def test_synthetic_docs_counts_in_equal_counts_out(docs_run):
+    _cfg, out, report, _ = docs_run
+    assert report["cache_hit"] is False
+    assert report["targets"] > 0
+    # every target the reader produced is a sample or a counted skip of the sample builder
+    assert report["targets"] == sum(report["samples"].values()) + report["build_skipped"]
+    key_dir = out / report["cache_key"]
+    assert (key_dir / DONE).is_file()
+    assert json.loads((key_dir / "report.json").read_text())["samples"] == report["samples"]
+    tables = _read_split_dirs(key_dir)
+    assert {s: t.num_rows for s, t in tables.items()} == report["samples"]
+    assert set(report["samples"]) <= {"train", "val", "test"}
+    for split, table in tables.items():
+        assert table.schema.equals(SAMPLE_SCHEMA, check_metadata=False), split
+        assert set(table.column("split").to_pylist()) == {split}
+    ids = [i for t in tables.values() for i in t.column("sample_id").to_pylist()]
+    assert len(ids) == len(set(ids))
+    imgs = report["images"]
+    assert imgs["ok"] > 0
+    assert report["seconds"] > 0 and report["samples_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_features_cover_every_text_and_image(docs_run):
+    from g4mm.pipeline import load_features
+
+    _cfg, out, report, _ = docs_run
+    key_dir = out / report["cache_key"]
+    text_feats, image_feats = load_features(key_dir)
+    assert report["features"] == {"text": len(text_feats), "image": len(image_feats)}
+    for table in _read_split_dirs(key_dir).values():
+        for texts in table.column("text_nodes").to_pylist():
+            assert all(feature_key("text", t) in text_feats for t in texts if t)
+        for paths in table.column("image_paths").to_pylist():
+            assert all(feature_key("image", p) in image_feats for p in paths)
+    vec = next(iter(text_feats.values()))
+    assert vec.dtype.name == "float32" and vec.ndim == 1 and vec.shape[0] > 0
+
+
+@pytest.mark.slow
+def test_rerun_is_a_cache_hit_without_recomputation(docs_run, capsys):
+    from g4mm.pipeline import run_preprocess
+
+    cfg, out, first, second = docs_run
+    assert second["cache_hit"] is True
+    assert second["cache_key"] == first["cache_key"]
+    assert second["samples"] == first["samples"] and second["images"] == first["images"]
+    assert second["stages_run"] == [] and second["embedded"] == {"text": 0, "image": 0}
+    assert second["hit_seconds"] < first["seconds"] / 5
+    third = run_preprocess(cfg, out)
+    assert f"cache hit: {out / first['cache_key']}" in capsys.readouterr().out
+    assert third["cache_hit"] is True
+
+
+@pytest.mark.slow
+def test_workers_see_disjoint_complete_shards(docs_run):
+    from g4mm.pipeline import load_split_dataset
+
+    _cfg, out, report, _ = docs_run
+    ds = load_split_dataset(out / report["cache_key"], "train")
+    shards = ds.streaming_split(2, equal=False)
+    seen: list[list[str]] = [[], []]
+
+    def consume(rank: int) -> None:
+        for batch in shards[rank].iter_batches(batch_size=8, batch_format="pyarrow"):
+            seen[rank].extend(batch.column("sample_id").to_pylist())
+
+    threads = [threading.Thread(target=consume, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    a, b = set(seen[0]), set(seen[1])
+    assert not (a & b)
+    assert len(a | b) == report["samples"]["train"] == len(seen[0]) + len(seen[1])
+
+
+# --------------------------------------------------------- parquet layout with bad images
+
+
+def _write_parquet_dataset(root: Path, n: int = 12) -> None:
+    """``n`` nodes in a path graph, images for each; image 3 missing, image 5 truncated."""
+    (root / "images").mkdir(parents=True)
+    paths = []
+    for i in range(n):
+        Image.new("RGB", (16, 16), (20 * i, 0, 255 - 20 * i)).save(root / "images" / f"{i}.png")
+        paths.append(f"images/{i}.png")
+    paths[3] = "images/missing.png"
+    data = (root / "images" / "5.png").read_bytes()
+    (root / "images" / "5.png").write_bytes(data[: len(data) // 2])
+    nodes = {
+        "id": [f"n{i}" for i in range(n)],
+        "text": [f"node {i} text about colour {i % 3}" for i in range(n)],
+        "image_path": paths,
+        "label": [i % 3 for i in range(n)],
+        "split": [("train", "val", "test")[i % 3] for i in range(n)],
+        "target_text": [None] * n,
+    }
+    pq.write_table(pa.table(nodes), root / "nodes.parquet")
+    src, dst = [f"n{i}" for i in range(n - 1)], [f"n{i + 1}" for i in range(n - 1)]
+    kinds = ["text-text"] * (n - 1) + ["image-image"] * (n - 1)
+    pq.write_table(
+        pa.table({"src": src * 2, "dst": dst * 2, "type": kinds}), root / "edges.parquet"
+    )
+    (root / "class_names.json").write_text(json.dumps(["red", "green", "blue"]))
+
+
+@pytest.mark.slow
+def test_parquet_bad_images_counted_not_dropped(ray_local, artifact_dir, tmp_path):
+    from g4mm.pipeline import run_preprocess
+
+    _write_parquet_dataset(tmp_path / "ds")
+    sets = [f"data.artifact_dir={artifact_dir}", "data.dataset=parquet"]
+    cfg = load_config("smoke", [*sets, f"data.input={tmp_path / 'ds'}", "data.num_blocks=3"])
+    report = run_preprocess(cfg, tmp_path / "out")
+    assert report["images"] == {"ok": 10, "missing": 1, "corrupt": 1}
+    assert report["samples"] == {"train": 4, "val": 4, "test": 4}  # no sample dropped
+    key_dir = tmp_path / "out" / report["cache_key"]
+    paths = {
+        p
+        for t in _read_split_dirs(key_dir).values()
+        for ps in t["image_paths"].to_pylist()
+        for p in ps
+    }
+    assert paths and not any(p.endswith(("missing.png", "/5.png")) for p in paths)
+    assert report["features"]["image"] == len(paths)
+
+    # a previous output without DONE (crash mid-write) is rebuilt, not trusted
+    (key_dir / DONE).unlink()
+    (key_dir / "samples" / "train").rename(key_dir / "samples" / "broken")
+    again = run_preprocess(cfg, tmp_path / "out")
+    assert again["cache_hit"] is False and again["samples"] == report["samples"]
+    assert (key_dir / DONE).is_file() and not (key_dir / "samples" / "broken").exists()
+    assert not list((tmp_path / "out").glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_wikiweb2m_corrupt_shard_is_counted(ray_local, artifact_dir, tmp_path):
+    from g4mm.data.synthetic import write_synthetic_docs
+    from g4mm.pipeline import run_preprocess
+
+    raw = tmp_path / "raw"
+    write_synthetic_docs(raw, num_pages=8, image_size=16, seed=3, shards=2)
+    shards = sorted(raw.glob("*.tfrecord.gz"))
+    data = shards[1].read_bytes()
+    shards[1].write_bytes(data[: len(data) // 2])  # truncated gzip stream
+    sets = [f"data.artifact_dir={artifact_dir}", "data.dataset=wikiweb2m", "data.num_blocks=4"]
+    cfg = load_config("smoke", [*sets, f"data.input={raw}", f"data.images={raw / 'images'}"])
+    report = run_preprocess(cfg, tmp_path / "out")
+    assert report["skipped"].get("corrupt_tfrecord_file") == 1
+    assert sum(report["samples"].values()) > 0
+    assert report["targets"] == sum(report["samples"].values()) + report["build_skipped"]
+
+
+# ------------------------------------------------------------------------ cache key, CLI
+
+
+def test_cache_key_tracks_content_not_parallelism(artifact_dir):
+    base = load_config("smoke", [f"data.artifact_dir={artifact_dir}"])
+    key = cache_key(base)
+    assert key is not None
+    same = load_config("smoke", [f"data.artifact_dir={artifact_dir}", "data.num_blocks=3"])
+    assert cache_key(same) == key
+    for change in ("data.tau=1", "data.num_pages=25", "data.seed=1", "data.max_text_nodes=5"):
+        other = load_config("smoke", [f"data.artifact_dir={artifact_dir}", change])
+        assert cache_key(other) != key, change
+
+
+def test_cache_key_none_until_tiny_backbones_exist(tmp_path):
+    assert cache_key(load_config("smoke", [f"data.artifact_dir={tmp_path}"])) is None
+
+
+def test_cli_help_and_missing_input(tmp_path):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "jobs/preprocess.py", *args], capture_output=True, text=True, cwd=ROOT
+        )
+
+    proc = run("--help")
+    assert proc.returncode == 0 and "usage:" in proc.stdout and "--dataset" in proc.stdout
+    proc = run("--dataset", "mmgraph", "--output", str(tmp_path))
+    assert proc.returncode == 2 and "--input DIR is required" in proc.stderr
+    proc = run("--dataset", "parquet", "--input", str(tmp_path / "nope"), "--output", str(tmp_path))
+    assert proc.returncode == 2 and "no such file" in proc.stderr
