@@ -1,0 +1,86 @@
+"""Read a finished preprocess directory without Ray (driver-side evaluation, GPU boxes).
+
+Layout (written by :mod:`g4mm.pipeline.preprocess`): ``<dir>/samples/<split>/*.parquet``
+(SAMPLE_SCHEMA rows), ``<dir>/features/{text,image}/*.parquet`` (FEATURE_SCHEMA), ``DONE``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+DONE = "DONE"
+
+
+def check_prepared(prep_dir: str | os.PathLike[str]) -> Path:
+    """``prep_dir`` as a Path, or FileNotFoundError when it is not a finished preprocess dir."""
+    path = Path(prep_dir)
+    if not (path / DONE).is_file():
+        raise FileNotFoundError(
+            f"{path} is not a finished preprocess directory (no {DONE} marker); run "
+            "jobs/preprocess.py and pass the printed output directory"
+        )
+    return path
+
+
+def available_splits(prep_dir: str | os.PathLike[str]) -> list[str]:
+    """The splits that have sample shards in ``prep_dir``."""
+    root = check_prepared(prep_dir) / "samples"
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def split_path(prep_dir: str | os.PathLike[str], split: str) -> Path:
+    path = check_prepared(prep_dir) / "samples" / split
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"no {split!r} samples in {prep_dir} (available: {available_splits(prep_dir)})"
+        )
+    return path
+
+
+def read_rows(prep_dir: str | os.PathLike[str], split: str) -> list[dict]:
+    """All sample rows of ``split``, sorted by ``sample_id`` (deterministic across runs)."""
+    rows = pq.read_table(str(split_path(prep_dir, split))).to_pylist()
+    return sorted(rows, key=lambda r: r["sample_id"])
+
+
+def _read_feature_table(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_dir() or not any(path.glob("*.parquet")):
+        return {}
+    table = pq.read_table(str(path))
+    keys = table.column("key").to_pylist()
+    if not keys:
+        return {}
+    feats = table.column("feature").combine_chunks()
+    dim = len(feats[0])
+    values = feats.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    matrix = values.reshape(len(keys), dim)
+    if not np.isfinite(matrix).all():
+        bad = keys[int(np.argwhere(~np.isfinite(matrix))[0][0])]
+        raise ValueError(f"{path}: feature {bad!r} has NaN/inf values")
+    return {k: matrix[i] for i, k in enumerate(keys)}
+
+
+def read_features(
+    prep_dir: str | os.PathLike[str],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(text_features, image_features)``: ``feature_key -> float32 vector``."""
+    root = check_prepared(prep_dir) / "features"
+    return _read_feature_table(root / "text"), _read_feature_table(root / "image")
+
+
+def class_names_from_rows(rows: list[dict]) -> list[str] | None:
+    """Class id -> name, read off classification rows (their target text is the class name).
+
+    None when no row carries a label. Ids without any row are named ``"class <id>"``.
+    """
+    names: dict[int, str] = {}
+    for row in rows:
+        if row.get("label") is not None and row["label"] >= 0:
+            names.setdefault(int(row["label"]), str(row.get("target_text") or ""))
+    if not names:
+        return None
+    return [names.get(i) or f"class {i}" for i in range(max(names) + 1)]
