@@ -1,29 +1,99 @@
-"""Train and evaluate Graph4MM on Ray (placeholder until the training issue lands).
+"""Train and evaluate Graph4MM: preprocess (cached) -> Ray Train DDP -> test the best checkpoint.
 
 Usage: python jobs/train.py [--config NAME|PATH] [--set section.key=value ...] [--output DIR]
+
+Joins the running Ray cluster when there is one (RAY_ADDRESS, or inside `ray job submit`),
+else starts a local one. The run directory gets config.yaml, metrics.json, predictions.jsonl,
+history.jsonl, loss.png, metrics.png and checkpoints/best (adapter only).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from pathlib import Path
 
 from g4mm.config import add_config_arguments, config_from_args
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_config_arguments(parser)
-    parser.add_argument("--output", help="run directory (default: train.output_dir/<name>)")
-    args = parser.parse_args(argv)
-    cfg = config_from_args(args)
-    print(f"resolved config {cfg.name!r}: variant={cfg.model.variant} dataset={cfg.data.dataset}")
-    print(
-        "jobs/train.py: Ray Train training is not implemented yet (it lands with the training "
-        "issue); the library (g4mm.model, g4mm.graph, g4mm.config) is usable now.",
-        file=sys.stderr,
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="example: python jobs/train.py --config smoke --set model.variant=hop_aware",
     )
-    return 2
+    add_config_arguments(parser)
+    parser.add_argument("--output", help="run directory (default: <train.output_dir>/<name>-...)")
+    parser.add_argument("--prep-root", help="preprocess cache root (default: <artifact_dir>/prep)")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of a locally started Ray")
+    parser.add_argument(
+        "--in-process", action="store_true",
+        help="train in this process without Ray Train (still preprocesses with Ray Data)",
+    )  # fmt: skip
+    parser.add_argument("--fail-at-step", type=int, help=argparse.SUPPRESS)  # fault-injection test
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+
+    import ray
+
+    from g4mm.pipeline.preprocess import run_preprocess
+    from g4mm.pipeline.ray_runtime import configure_data_context, init_ray
+    from g4mm.train.checkpoint import save_checkpoint
+    from g4mm.train.local import finalize_metrics, train_in_process
+    from g4mm.train.ray_train import best_and_last_state, fit
+    from g4mm.train.run_dir import new_run_dir, write_json, write_run_outputs
+    from g4mm.train.selection import score_key
+
+    start = time.perf_counter()
+    # workers run in other directories: every path they read must be absolute
+    cfg.data.artifact_dir = str(Path(cfg.data.artifact_dir).resolve())
+    run_dir = new_run_dir(cfg, args.output)
+    print(f"run directory: {run_dir}")
+    cfg.save_yaml(run_dir / "config.yaml")
+    init_ray(args.num_cpus)
+    configure_data_context(progress_bars=False)  # the progress line below says enough
+    prep_root = args.prep_root or str(Path(cfg.data.artifact_dir) / "prep")
+    prep = run_preprocess(cfg, prep_root, num_cpus=args.num_cpus)
+    prep_dir = prep["output"]
+
+    if args.in_process:
+        final = train_in_process(cfg, prep_dir, run_dir)
+    else:
+        result = fit(cfg, prep_dir, run_dir, fail_at_step=args.fail_at_step)
+        if result.error is not None:
+            print(f"training failed: {result.error}", file=sys.stderr)
+            return 1
+        best, last = best_and_last_state(result, cfg)
+        save_checkpoint(run_dir / "checkpoints" / "best", best)
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0 and cfg.train.use_gpu != "false"
+        test = ray.remote(num_gpus=1 if use_gpu else 0)(_evaluate_remote)
+        test_metrics, predictions = ray.get(test.remote(cfg, prep_dir, best))
+        history = last["history"]
+        final = finalize_metrics(
+            history, {"state": best}, score_key(cfg), test_metrics,
+            time.perf_counter() - start, prep["samples"].get("train", 0),
+        )  # fmt: skip
+        final["resumed_from_step"] = max(h.get("resumed_from_step", 0) for h in history)
+        write_run_outputs(run_dir, cfg, history, final, predictions)
+    final["preprocess_s"] = prep["seconds"]
+    final["total_wall_s"] = time.perf_counter() - start
+    write_json(run_dir / "metrics.json", final)
+    shown = {k: final[k] for k in ("bleu4", "rougeL", "cider", "accuracy", "zero_shot_accuracy",
+                                   "loss") if k in final}  # fmt: skip
+    print(f"test metrics: {shown}")
+    print(f"wall time {final['total_wall_s']:.1f}s; run directory: {run_dir}")
+    return 0
+
+
+def _evaluate_remote(cfg, prep_dir, state):
+    """Test evaluation as a Ray task (gets a GPU on a GPU cluster)."""
+    from g4mm.train.components import evaluate_checkpoint, pick_device
+
+    return evaluate_checkpoint(cfg, prep_dir, state, "test", pick_device(cfg.train.use_gpu))
 
 
 if __name__ == "__main__":

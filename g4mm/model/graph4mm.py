@@ -128,13 +128,18 @@ class Graph4MM(nn.Module):
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
 
+    @property
+    def bare_adapter(self) -> nn.Module:
+        """The adapter without a DDP wrapper (DDP keeps the real module in ``.module``)."""
+        return getattr(self.adapter, "module", self.adapter)
+
     def adapter_state_dict(self) -> dict[str, Tensor]:
         """What a checkpoint holds: the adapter's tensors, never the frozen backbones."""
-        return {k: v.detach().clone() for k, v in self.adapter.state_dict().items()}
+        return {k: v.detach().clone() for k, v in self.bare_adapter.state_dict().items()}
 
     def load_adapter_state_dict(self, state: dict[str, Tensor]) -> None:
         """Load adapter weights; any missing/unexpected key or shape mismatch is an error."""
-        own = self.adapter.state_dict()
+        own = self.bare_adapter.state_dict()
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         shapes = [
@@ -148,7 +153,7 @@ class Graph4MM(nn.Module):
                 f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches "
                 f"{shapes[:5]}"
             )
-        self.adapter.load_state_dict(state)
+        self.bare_adapter.load_state_dict(state)
 
     # ---- the LM sequence -----------------------------------------------------------------
     def _sequence(self, inputs: Graph4MMInputs, with_targets: bool):

@@ -1,0 +1,101 @@
+"""Everything a training process needs, built from one config and a preprocess directory.
+
+Ray-free: the Ray Train worker, the in-process trainer and ``jobs/evaluate.py`` all build the
+model, collator and evaluation rows here, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from g4mm.data.collate import GraphCollator
+from g4mm.data.prepared import available_splits, class_names_from_rows, read_features, read_rows
+from g4mm.eval import evaluate_rows
+from g4mm.model import Graph4MM
+from g4mm.model.encoders import image_feature_dim, text_feature_dim
+from g4mm.model.inputs import Graph4MMInputs
+
+
+@dataclass
+class Components:
+    model: Graph4MM
+    collator: GraphCollator
+    class_names: list[str] | None
+    device: torch.device
+
+
+def pick_device(use_gpu: str | bool) -> torch.device:
+    """``auto``: CUDA when present; ``true`` demands it; ``false`` stays on the CPU."""
+    want = str(use_gpu).lower()
+    if want == "true" and not torch.cuda.is_available():
+        raise RuntimeError("train.use_gpu = true but no CUDA device is visible")
+    return torch.device("cuda" if want != "false" and torch.cuda.is_available() else "cpu")
+
+
+def all_class_names(prep_dir: str) -> list[str] | None:
+    rows = [r for split in available_splits(prep_dir) for r in read_rows(prep_dir, split)]
+    return class_names_from_rows(rows)
+
+
+def build_components(cfg: Any, prep_dir: str, device: torch.device) -> Components:
+    """Frozen backbones + adapter (seeded by ``cfg.train.seed``), collator over cached features."""
+    torch.manual_seed(cfg.train.seed)
+    model = Graph4MM.from_config(cfg.model, artifact_dir=cfg.data.artifact_dir).to(device)
+    text_features, image_features = read_features(prep_dir)
+    collator = GraphCollator(
+        tokenizer=model.tokenizer,
+        text_features=text_features,
+        image_features=image_features,
+        text_dim=text_feature_dim(model.lm),
+        image_dim=image_feature_dim(model.vision),
+        max_text_nodes=cfg.data.max_text_nodes,
+        max_image_nodes=cfg.data.max_image_nodes,
+        max_prompt_tokens=cfg.data.max_prompt_tokens,
+        max_target_tokens=cfg.data.max_target_tokens,
+    )
+    return Components(model, collator, all_class_names(prep_dir), device)
+
+
+def make_evaluator(parts: Components, cfg: Any, rows: Sequence[dict]):
+    """A zero-argument callable returning ``evaluate_rows`` metrics on ``rows``."""
+
+    def evaluate() -> dict[str, float]:
+        metrics, _ = evaluate_rows(
+            parts.model, parts.collator, list(rows), cfg.eval, parts.class_names, parts.device
+        )
+        return metrics
+
+    return evaluate
+
+
+def cycle_batches(
+    rows: Sequence[dict], collator: GraphCollator, batch_size: int, seed: int
+) -> Iterator[Graph4MMInputs]:
+    """Endless shuffled epochs of full batches (in-process training)."""
+    if len(rows) < batch_size:
+        raise ValueError(f"{len(rows)} training rows: fewer than one batch of {batch_size}")
+    rng = random.Random(seed)
+    order = list(range(len(rows)))
+    while True:
+        rng.shuffle(order)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield collator([rows[i] for i in order[start : start + batch_size]])
+
+
+def evaluate_checkpoint(
+    cfg: Any, prep_dir: str, state: dict, split: str, device: torch.device
+) -> tuple[dict[str, float], list[dict]]:
+    """Metrics and per-sample predictions of a checkpoint's adapter on ``split``."""
+    from g4mm.train.checkpoint import restore_adapter
+
+    parts = build_components(cfg, prep_dir, device)
+    restore_adapter(parts.model, state, cfg.model)
+    rows = read_rows(prep_dir, split)
+    return evaluate_rows(
+        parts.model, parts.collator, rows, cfg.eval, parts.class_names, parts.device
+    )

@@ -1,0 +1,142 @@
+"""The framework-agnostic training loop (one process; DDP-aware through two small hooks).
+
+Runs the same in a Ray Train worker (``g4mm.train.ray_train``) and in a plain process
+(``g4mm.train.local``). Per optimizer step: ``grad_accum`` micro-batches (DDP gradient sync
+skipped on all but the last through ``no_sync``), bf16 autocast on CUDA, gradient clipping on the
+adapter, AdamW + warmup/cosine. The loss stays on the device between log lines: no per-step
+host synchronisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from g4mm.model.inputs import Graph4MMInputs
+from g4mm.train.checkpoint import training_state
+from g4mm.train.optim import build_optimizer, build_scheduler
+
+Report = Callable[[dict[str, Any], dict[str, Any] | None], None]
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast on CUDA unless fp32 is asked for; nothing on CPU."""
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
+def train_loop(
+    *,
+    model: Any,
+    batches: Iterator[Graph4MMInputs],
+    cfg: Any,
+    device: torch.device,
+    report: Report,
+    evaluate: Callable[[], dict[str, float]] | None = None,
+    resume: dict[str, Any] | None = None,
+    is_main: bool = True,
+    no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+    log: Callable[[str], None] = print,
+    log_every: int = 10,
+    on_report: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``model``'s adapter for ``cfg.train.max_steps`` optimizer steps.
+
+    Args:
+        batches: an endless iterator of CPU batches (the caller cycles epochs).
+        report: called at every evaluation with the metrics and, on the main process, the
+            training state to checkpoint (see :func:`g4mm.train.checkpoint.training_state`).
+        evaluate: validation metrics (called on the main process only).
+        resume: a loaded checkpoint to continue from (its adapter already restored).
+        no_sync: the DDP module's ``no_sync`` when data-parallel, else None.
+        on_report: called with the step after each report (fault-injection hook for tests).
+
+    Returns:
+        The history: one metrics dict per evaluation (from the start, across resumes).
+    """
+    train_cfg = cfg.train
+    optimizer = build_optimizer(model, train_cfg, device)
+    scheduler = build_scheduler(optimizer, train_cfg)
+    step, history = 0, []
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        step, history = int(resume["step"]), list(resume["history"])
+        log(f"resumed from step {step}")
+    resumed_from = step
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    model.train()
+
+    window_loss = torch.zeros((), device=device)
+    window_steps = window_samples = window_tokens = 0
+    window_start = run_start = time.perf_counter()
+    while step < train_cfg.max_steps:
+        optimizer.zero_grad(set_to_none=True)
+        for micro in range(train_cfg.grad_accum):
+            inputs = next(batches).to(device)
+            last = micro == train_cfg.grad_accum - 1
+            sync = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
+            with sync:
+                with autocast_for(device, train_cfg.precision):
+                    out = model(inputs)
+                (out.loss / train_cfg.grad_accum).backward()
+            window_loss += out.loss.detach() / train_cfg.grad_accum
+            window_samples += inputs.batch_size
+            window_tokens += int(inputs.target_mask.sum()) + int(inputs.prompt_mask.sum())
+        if train_cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        window_steps += 1
+
+        at_eval = step % train_cfg.eval_every == 0 or step == train_cfg.max_steps
+        if (step % log_every == 0 or at_eval) and window_steps:
+            elapsed = time.perf_counter() - window_start
+            loss = window_loss.item() / window_steps  # the only host sync, once per log line
+            rate = window_samples / max(elapsed, 1e-9)
+            eta = (train_cfg.max_steps - step) * elapsed / window_steps
+            if is_main:
+                log(
+                    f"step {step}/{train_cfg.max_steps} loss {loss:.4f} "
+                    f"{rate:.1f} samples/s {window_tokens / max(elapsed, 1e-9):.0f} tok/s "
+                    f"lr {scheduler.get_last_lr()[0]:.2e} eta {format_eta(eta)}"
+                )
+            last_loss, last_rate = loss, rate
+            window_loss.zero_()
+            window_steps = window_samples = window_tokens = 0
+            window_start = time.perf_counter()
+        if at_eval:
+            metrics: dict[str, Any] = {
+                "step": step,
+                "train_loss": last_loss,
+                "samples_per_s": last_rate,
+                "lr": scheduler.get_last_lr()[0],
+                "resumed_from_step": resumed_from,
+                "elapsed_s": time.perf_counter() - run_start,
+            }
+            if is_main and evaluate is not None:
+                model.eval()
+                metrics.update({f"val_{k}": v for k, v in evaluate().items()})
+                model.train()
+            history.append(metrics)
+            state = None
+            if is_main:
+                state = training_state(model, optimizer, scheduler, step, cfg, history)
+            report(metrics, state)
+            if on_report is not None:
+                on_report(step)
+    return history

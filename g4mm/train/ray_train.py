@@ -1,0 +1,185 @@
+"""Ray Train wiring: DDP over the adapter, Ray Data shards in, checkpoints and metrics out.
+
+Driver: :func:`fit` builds a ``TorchTrainer`` (``ScalingConfig(num_workers, use_gpu)``, gloo on
+CPU / NCCL on GPU), feeds the train split with ``datasets=`` (split across workers), and returns
+the Ray ``Result``. Worker: :func:`train_loop_per_worker` builds the same components as the
+in-process trainer, wraps ONLY the adapter in DDP (frozen modules are neither synchronised nor
+trained), reads its shard with ``get_dataset_shard("train").iter_torch_batches``, resumes from
+``ray.train.get_checkpoint()`` after a failure, and reports metrics + adapter checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+from ray.data.collate_fn import NumpyBatchCollateFn
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from g4mm.config import ExperimentConfig
+from g4mm.data.prepared import read_rows
+from g4mm.model.inputs import Graph4MMInputs
+from g4mm.pipeline.dataset import load_split_dataset
+from g4mm.train.checkpoint import load_checkpoint, restore_adapter, save_checkpoint
+from g4mm.train.components import build_components, make_evaluator
+from g4mm.train.local import limit
+from g4mm.train.loop import train_loop
+from g4mm.train.selection import score_key
+
+
+class _NumpyCollate(NumpyBatchCollateFn):
+    """Ray's collate protocol around the Ray-free :class:`GraphCollator`."""
+
+    def __init__(self, collator) -> None:
+        super().__init__()
+        self.collator = collator
+
+    def __call__(self, batch: dict) -> Graph4MMInputs:
+        return self.collator(batch)
+
+
+def _shard_batches(collator, batch_size: int) -> Iterator[Graph4MMInputs]:
+    """Endless epochs over this worker's shard of the train split."""
+    shard = ray.train.get_dataset_shard("train")
+    collate = _NumpyCollate(collator)
+    while True:
+        produced = 0
+        for batch in shard.iter_torch_batches(
+            batch_size=batch_size, collate_fn=collate, drop_last=True
+        ):
+            produced += 1
+            yield batch
+        if produced == 0:
+            raise RuntimeError(f"this worker's train shard holds no full batch of {batch_size}")
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker. ``config``: cfg (dict), prep_dir, fail_at_step (tests)."""
+    cfg = ExperimentConfig.from_dict(config["cfg"])
+    prep_dir = config["prep_dir"]
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    device = ray.train.torch.get_device()
+    parts = build_components(cfg, prep_dir, device)
+    model = parts.model
+
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            resume = load_checkpoint(directory)
+        restore_adapter(model, resume, cfg.model, source="resumed checkpoint")
+    # DDP over the trainable part only (prepare_model also moves it to this worker's device);
+    # the diffusion weights are a constant buffer: nothing to broadcast
+    model.adapter = ray.train.torch.prepare_model(
+        model.adapter, parallel_strategy_kwargs={"broadcast_buffers": False}
+    )
+    no_sync = getattr(model.adapter, "no_sync", None)
+
+    evaluate = None
+    if rank == 0:
+        val_rows = limit(read_rows(prep_dir, "val"), cfg.eval.max_samples)
+        evaluate_val = make_evaluator(parts, cfg, val_rows)
+
+        def evaluate() -> dict[str, float]:
+            # rank 0 alone evaluates: run the bare adapter so no DDP collective can block
+            wrapped, model.adapter = model.adapter, model.bare_adapter
+            try:
+                return evaluate_val()
+            finally:
+                model.adapter = wrapped
+
+    def report(metrics: dict, state: dict | None) -> None:
+        if state is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(tmp, state)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+    fail_at = config.get("fail_at_step")
+
+    def inject_failure(step: int) -> None:
+        # test hook: the first attempt's rank-1 worker dies right after its first report
+        if (
+            fail_at is not None
+            and resume is None
+            and step >= fail_at
+            and rank == min(1, context.get_world_size() - 1)
+        ):
+            os._exit(1)
+
+    train_loop(
+        model=model,
+        batches=_shard_batches(parts.collator, cfg.train.batch_size),
+        cfg=cfg,
+        device=device,
+        report=report,
+        evaluate=evaluate,
+        resume=resume,
+        is_main=rank == 0,
+        no_sync=no_sync,
+        on_report=inject_failure,
+    )
+
+
+def fit(
+    cfg: ExperimentConfig, prep_dir: str, run_dir: Path, *, fail_at_step: int | None = None
+) -> ray.train.Result:
+    """Run the TorchTrainer; checkpoints and Ray's run state go under ``train.storage_path``
+    (any pyarrow filesystem URI, e.g. ``s3://bucket/runs``) or ``run_dir/ray``."""
+    use_gpu = cfg.train.use_gpu == "true" or (
+        cfg.train.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0
+    )
+    resources = {"CPU": cfg.train.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = 1
+    storage = cfg.train.storage_path or str(run_dir / "ray")
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "cfg": cfg.to_dict(),
+            "prep_dir": str(prep_dir),
+            "fail_at_step": fail_at_step,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=f"{run_dir.name}-{uuid.uuid4().hex[:6]}",  # unique: never resume by accident
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.train.num_to_keep,
+                checkpoint_score_attribute=score_key(cfg),
+                checkpoint_score_order=cfg.tune.mode,
+            ),
+        ),
+        datasets={"train": load_split_dataset(prep_dir, "train")},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    return trainer.fit()
+
+
+def best_and_last_state(result: ray.train.Result, cfg: ExperimentConfig) -> tuple[dict, dict]:
+    """The best checkpoint by the validation score (ties: the later) and the latest one."""
+    if result.checkpoint is None:
+        raise RuntimeError(f"training produced no checkpoint (error: {result.error})")
+    with result.checkpoint.as_directory() as directory:
+        last = load_checkpoint(directory)
+    key = score_key(cfg)
+    candidates = [(c, m) for c, m in (result.best_checkpoints or []) if m.get(key) is not None]
+    if not candidates:
+        return last, last
+    pick = max if cfg.tune.mode == "max" else min
+    best_ckpt, _ = pick(candidates, key=lambda cm: (cm[1][key], cm[1]["step"]))
+    with best_ckpt.as_directory() as directory:
+        return load_checkpoint(directory), last

@@ -1,0 +1,85 @@
+"""A run directory: resolved config, metrics, predictions, history and PNG curves."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+
+def new_run_dir(cfg: Any, output: str | None = None) -> Path:
+    """``output`` if given, else ``<train.output_dir>/<name>-<variant>-<timestamp>``."""
+    if output:
+        path = Path(output)
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = Path(cfg.train.output_dir) / f"{cfg.name}-{cfg.model.variant}-{stamp}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_predictions(path: Path, predictions: list[dict]) -> None:
+    with path.open("w") as fh:
+        for row in predictions:
+            fh.write(json.dumps({k: _clean(v) for k, v in row.items()}, default=str) + "\n")
+
+
+def plot_history(history: list[dict], run_dir: Path) -> list[Path]:
+    """``loss.png`` (train/val loss vs step) and ``metrics.png`` (val metrics vs step)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return []
+    steps = [h["step"] for h in history]
+    paths = []
+    loss_keys = [k for k in ("train_loss", "val_loss") if any(k in h for h in history)]
+    metric_keys = sorted(
+        {k for h in history for k in h if k.startswith("val_") and k != "val_loss"}
+        - {"val_bleu1", "val_bleu2", "val_bleu3"}
+    )
+    for name, keys in (("loss", loss_keys), ("metrics", metric_keys)):
+        if not keys:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in keys:
+            ax.plot(steps, [h.get(key, float("nan")) for h in history], marker="o", label=key)
+        ax.set_xlabel("optimizer step")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = run_dir / f"{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_run_outputs(
+    run_dir: Path,
+    cfg: Any,
+    history: list[dict],
+    final: dict[str, Any],
+    predictions: list[dict],
+) -> None:
+    """config.yaml, history.jsonl, metrics.json, predictions.jsonl, loss.png, metrics.png."""
+    cfg.save_yaml(run_dir / "config.yaml")
+    write_predictions(run_dir / "history.jsonl", history)
+    write_json(run_dir / "metrics.json", {k: _clean(v) for k, v in final.items()})
+    write_predictions(run_dir / "predictions.jsonl", predictions)
+    plot_history(history, run_dir)
