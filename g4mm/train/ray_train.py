@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +60,31 @@ def _shard_batches(collator, batch_size: int) -> Iterator[Graph4MMInputs]:
             yield batch
         if produced == 0:
             raise RuntimeError(f"this worker's train shard holds no full batch of {batch_size}")
+
+
+def _wait_until_reports_collected(num_reports: int, timeout_s: float = 120.0) -> None:
+    """Block until the Train controller has collected this worker's ``num_reports`` reports.
+
+    A checkpoint is committed only once every rank's report of that round reached the
+    controller; ``ray.train.report`` returns before that (the report sits in the worker's
+    result queue until the next health-check poll), so a worker that dies right after reporting
+    loses the round and the restart finds no checkpoint. Uses Ray Train V2 internals; falls
+    back to a fixed wait of a few poll intervals.
+    """
+    try:
+        from ray.train.v2._internal.execution.context import get_train_context
+
+        train_context = get_train_context()
+        results = train_context.get_result_queue()
+    except Exception:  # pragma: no cover - internals moved
+        time.sleep(10.0)
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if train_context.current_report_index >= num_reports and results.unfinished_tasks == 0:
+            break
+        time.sleep(0.1)
+    time.sleep(3.0)  # let the poll reply (carrying the report) reach the controller
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -115,6 +141,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             and step >= fail_at
             and rank == min(1, context.get_world_size() - 1)
         ):
+            _wait_until_reports_collected(step // cfg.train.eval_every)
             os._exit(1)
 
     train_loop(

@@ -1,0 +1,195 @@
+"""What a user does: `ray start --head` with token auth, then `ray job submit ... jobs/train.py`.
+
+The cluster gets its own free ports, its own ``--temp-dir`` and its own auth token
+(``ray get-auth-token --generate`` with HOME pointed at a temp dir, then RAY_AUTH_TOKEN_PATH), so
+it never touches a cluster or token of the user's. Teardown does NOT run ``ray stop``: in Ray
+2.60 that kills every Ray process of the machine (it matches process names, not a cluster), so
+it would also stop other people's clusters; instead the processes of THIS cluster (those naming
+its temp dir, and their descendants) are terminated by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack, suppress
+from pathlib import Path
+
+import pytest
+
+from g4mm.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+ray = pytest.importorskip("ray")
+psutil = pytest.importorskip("psutil")
+BIN = Path(sys.executable).parent  # `ray` and the `python` the job's entrypoint runs
+
+
+def free_ports(n: int) -> list[int]:
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+@pytest.fixture(scope="module")
+def artifact_dir(tmp_path_factory) -> str:
+    """The session's shared artifact dir (same path and build as in tests/test_train.py)."""
+    from g4mm.data.corpus import ensure_tiny_backbones
+    from g4mm.data.synthetic import corpus_texts, write_synthetic_docs
+    from g4mm.pipeline.cache import cache_key
+
+    path = tmp_path_factory.getbasetemp() / "g4mm-shared-artifacts"
+    cfg = load_config("smoke", [f"data.artifact_dir={path}"])
+    if cache_key(cfg) is None:
+        raw = tmp_path_factory.mktemp("corpus")
+        d = cfg.data
+        write_synthetic_docs(raw, num_pages=d.num_pages, image_size=d.image_size, seed=d.seed)
+        ensure_tiny_backbones(cfg, corpus_texts(raw), pretrain_steps=40, vision_steps=20)
+    return str(path)
+
+
+def _cluster_processes(temp_dir: str) -> list[psutil.Process]:
+    """This cluster's processes: every process whose command line names its temp dir, plus
+    their descendants (workers, job drivers)."""
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in arg for arg in proc.info["cmdline"] or ()):
+                found[proc.pid] = proc
+                for child in proc.children(recursive=True):
+                    found[child.pid] = child
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def _stop_cluster(temp_dir: str) -> None:
+    procs = _cluster_processes(temp_dir)
+    for proc in procs:
+        with suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for proc in alive:
+        with suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """``ray start --head`` with token auth on free ports; yields (dashboard URL, env)."""
+    temp_dir = tempfile.mkdtemp(prefix="g4ray-", dir="/tmp")  # short: Ray's socket paths
+    home = Path(temp_dir) / "home"
+    home.mkdir()
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        RAY_AUTH_MODE="token",
+        RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS="0",
+        RAY_DATA_DISABLE_PROGRESS_BARS="1",
+    )
+    # the auth token, created as a user does (`ray get-auth-token --generate` writes
+    # ~/.ray/auth_token), but in a HOME of our own: the user's token is left alone
+    subprocess.run(
+        ["ray", "get-auth-token", "--generate"], env={**env, "HOME": str(home)},
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    token = home / ".ray" / "auth_token"
+    assert token.is_file() and token.stat().st_size > 0
+    env["RAY_AUTH_TOKEN_PATH"] = str(token)
+
+    gcs, dash, client, agent, agent_grpc, metrics, rt_env, node_mgr, obj_mgr = free_ports(9)
+    start = [
+        "ray", "start", "--head", "--port", str(gcs),
+        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+        "--num-cpus", "2", "--temp-dir", temp_dir, "--disable-usage-stats",
+        "--ray-client-server-port", str(client),
+        "--dashboard-agent-listen-port", str(agent),
+        "--dashboard-agent-grpc-port", str(agent_grpc),
+        "--metrics-export-port", str(metrics),
+        "--runtime-env-agent-port", str(rt_env),
+        "--node-manager-port", str(node_mgr), "--object-manager-port", str(obj_mgr),
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, f"ray start failed:\n{proc.stdout}\n{proc.stderr}"
+        yield f"http://127.0.0.1:{dash}", env, temp_dir
+    finally:
+        _stop_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _ray(env: dict, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["ray", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.slow
+def test_ray_job_submit_trains_the_smoke_config(cluster, artifact_dir, tmp_path):
+    address, env, temp_dir = cluster
+    run = tmp_path / "run"
+    runtime_env = {
+        "env_vars": {
+            "HF_HUB_OFFLINE": "1",
+            "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+            "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+        },
+        "excludes": [".git"],  # .venv/, artifacts/, runs/: Ray honours .gitignore
+    }
+    started = time.perf_counter()
+    submit = _ray(
+        env, "job", "submit", "--address", address, "--working-dir", str(ROOT),
+        "--runtime-env-json", json.dumps(runtime_env), "--",
+        "python", "jobs/train.py", "--config", "smoke", "--output", str(run),
+        "--set", f"data.artifact_dir={artifact_dir}",
+        timeout=900,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    out = submit.stdout + submit.stderr
+    log = f"rc={submit.returncode} ({seconds:.0f}s)\n{out[-8000:]}"
+    assert submit.returncode == 0, log  # `ray job submit` waits; exit 0 only on SUCCEEDED
+    job_id = next(
+        line.split("'")[1] for line in out.splitlines()
+        if "Job '" in line and "submitted successfully" in line
+    )  # fmt: skip
+    assert f"Job '{job_id}' succeeded" in out, log
+    assert f"run directory: {run}" in out, log  # the driver's output streams back
+
+    status = _ray(env, "job", "status", "--address", address, job_id)
+    assert status.returncode == 0, status
+    assert f"Job '{job_id}' succeeded" in status.stdout + status.stderr, status
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("bleu4", "rougeL", "cider", "loss", "samples_per_s"):
+        assert isinstance(metrics[key], (int, float)) and math.isfinite(metrics[key]), key
+    assert metrics["resumed_from_step"] == 0
+    assert (run / "checkpoints" / "best" / "checkpoint.pt").is_file()
+
+    # the job joined THIS cluster (its storage + logs are under our temp dir), and the
+    # uploaded working dir left out the venv, artifacts and runs (gitignored) and .git
+    unpacked = Path(temp_dir).glob("session_*/runtime_resources/working_dir_files/_ray_pkg_*")
+    pkgs = [p for p in unpacked if p.is_dir()]  # (next to them: .zip.lock files)
+    assert pkgs, "no working_dir package unpacked on the node"
+    for pkg in pkgs:
+        assert (pkg / "jobs" / "train.py").is_file()
+        for ignored in (".venv", "artifacts", "runs", ".git"):
+            assert not any((pkg / ignored).rglob("*")), ignored
+
+    # without the token the dashboard refuses the client
+    no_token = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN_PATH"}
+    no_token["HOME"] = str(tmp_path)  # no ~/.ray/auth_token there
+    denied = _ray(no_token, "job", "list", "--address", address)
+    assert denied.returncode != 0, denied.stdout
