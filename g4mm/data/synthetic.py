@@ -71,6 +71,7 @@ from PIL import Image, ImageDraw
 
 from g4mm.data.tfrecord import iter_tfrecords, parse_sequence_example, sequence_example
 from g4mm.data.tfrecord import write_tfrecords as _write_tfrecords
+from g4mm.data.wikiweb2m import SEQUENCE_FIELDS
 
 __all__ = [
     "ATTRIBUTE_WORDS",
@@ -519,17 +520,7 @@ def _make_page(index: int, split: str, seed: int) -> _Page:
     return _Page(sequence_example(context, seq), images, meta)
 
 
-_SEQUENCE_FIELDS = (
-    "section_title",
-    "section_depth",
-    "section_heading_level",
-    "section_parent_index",
-    "section_clean_1st_sentence",
-    "section_rest_sentence",
-    "section_image_url",
-    "section_image_captions",
-    "is_section_summarization_sample",
-)
+_SEQUENCE_FIELDS = SEQUENCE_FIELDS  # the official WikiWeb2M per-section field names
 
 
 def _append_section(
