@@ -302,7 +302,7 @@ def test_registry_loads_saved_tiny_backbones_through_from_pretrained(tmp_path, t
 def test_registry_errors_say_what_to_do(tmp_path):
     with pytest.raises(BackboneNotFoundError, match="unknown lm backbone 'gpt-17'"):
         resolve_backbone("gpt-17", "lm", tmp_path)
-    with pytest.raises(BackboneNotFoundError, match="not built yet.*g4mm.model.tiny"):
+    with pytest.raises(BackboneNotFoundError, match="not built yet.*g4mm.model.tiny.*--corpus"):
         resolve_backbone("tiny", "vision", tmp_path)
     assert resolve_backbone("opt-125m", "lm") == "facebook/opt-125m"
     assert resolve_backbone("llama-1b", "lm").startswith("meta-llama/")

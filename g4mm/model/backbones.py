@@ -88,8 +88,9 @@ def resolve_backbone(name: str, kind: Kind, artifact_dir: str | Path = "artifact
         if not (path / "config.json").is_file():
             raise BackboneNotFoundError(
                 f"{kind} backbone {name!r} is not built yet: expected a saved model in {path}. "
-                "Build it with `python -m g4mm.model.tiny --artifact-dir "
-                f"{artifact_dir}` (the preprocess job does this for you)."
+                "`python jobs/preprocess.py` (or jobs/train.py) builds it from the dataset's "
+                "corpus; by hand: `python -m g4mm.model.tiny --artifact-dir "
+                f"{artifact_dir} --corpus FILE`."
             )
         return str(path)
     assert spec.hub_id is not None

@@ -86,7 +86,10 @@ def train_loop(
     while step < train_cfg.max_steps:
         optimizer.zero_grad(set_to_none=True)
         for micro in range(train_cfg.grad_accum):
-            inputs = next(batches).to(device)
+            batch = next(batches)
+            # count tokens on the host copy: reading them off the device would sync each step
+            window_tokens += int(batch.target_mask.sum()) + int(batch.prompt_mask.sum())
+            inputs = batch.to(device)
             last = micro == train_cfg.grad_accum - 1
             sync = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
             with sync:
@@ -95,7 +98,6 @@ def train_loop(
                 (out.loss / train_cfg.grad_accum).backward()
             window_loss += out.loss.detach() / train_cfg.grad_accum
             window_samples += inputs.batch_size
-            window_tokens += int(inputs.target_mask.sum()) + int(inputs.prompt_mask.sum())
         if train_cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
         optimizer.step()
