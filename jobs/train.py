@@ -45,12 +45,20 @@ def main(argv: list[str] | None = None) -> int:
     from g4mm.train.checkpoint import save_checkpoint
     from g4mm.train.local import finalize_metrics, train_in_process
     from g4mm.train.ray_train import best_and_last_state, fit
-    from g4mm.train.run_dir import new_run_dir, write_json, write_run_outputs
+    from g4mm.train.run_dir import (
+        copy_run_dir,
+        new_run_dir,
+        resolve_storage_path,
+        write_json,
+        write_run_outputs,
+    )
     from g4mm.train.selection import score_key
 
     start = time.perf_counter()
     # workers run in other directories: every path they read must be absolute
     cfg.data.artifact_dir = str(Path(cfg.data.artifact_dir).resolve())
+    if cfg.train.storage_path:  # s3://..., file:///..., or a shared path: checkpoints + results
+        cfg.train.storage_path = resolve_storage_path(cfg.train.storage_path)
     run_dir = new_run_dir(cfg, args.output)
     print(f"run directory: {run_dir}")
     cfg.save_yaml(run_dir / "config.yaml")
@@ -86,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                                    "loss") if k in final}  # fmt: skip
     print(f"test metrics: {shown}")
     print(f"wall time {final['total_wall_s']:.1f}s; run directory: {run_dir}")
+    if cfg.train.storage_path:
+        print(f"run directory copied to {copy_run_dir(run_dir, cfg.train.storage_path)}")
     return 0
 
 

@@ -20,6 +20,39 @@ def new_run_dir(cfg: Any, output: str | None = None) -> Path:
     return path.resolve()
 
 
+def resolve_storage_path(storage_path: str) -> str:
+    """``train.storage_path`` as every node must see it: a filesystem URI (``s3://bucket/runs``,
+    ``gs://...``, ``file:///abs/path``; anything ``pyarrow.fs.FileSystem.from_uri`` reads) is
+    kept as given, a plain path is made absolute (Ray Train workers run in other directories)."""
+    if "://" in storage_path:
+        return storage_path
+    return str(Path(storage_path).expanduser().resolve())
+
+
+def copy_run_dir(run_dir: Path, storage_path: str) -> str:
+    """Copy the run directory (config, metrics, predictions, plots, ``checkpoints/best``) to
+    ``<storage_path>/<run_dir.name>`` on any pyarrow filesystem; returns where it went.
+
+    Ray Train writes its checkpoints under ``<storage_path>/<run_dir.name>-<id>/`` itself; this
+    puts the results beside them, so a run on a cluster outlives its (driver) node.
+    """
+    import pyarrow.fs
+
+    storage_path = resolve_storage_path(storage_path)
+    fs, root = pyarrow.fs.FileSystem.from_uri(storage_path)
+    dest = f"{root.rstrip('/')}/{run_dir.name}"
+    base, sep, query = storage_path.partition("?")  # e.g. s3://bucket/runs?region=us-west-2
+    where = f"{base.rstrip('/')}/{run_dir.name}{sep}{query}"
+    if isinstance(fs, pyarrow.fs.LocalFileSystem) and Path(dest).resolve() == run_dir.resolve():
+        return where  # the run directory already is that place
+    fs.create_dir(dest, recursive=True)
+    pyarrow.fs.copy_files(
+        str(run_dir), dest,
+        source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs,
+    )  # fmt: skip
+    return where
+
+
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
