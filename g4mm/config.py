@@ -105,6 +105,7 @@ GNN_TYPES: tuple[str, ...] = ("gcn", "gat")
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
 USE_GPU_CHOICES: tuple[str, ...] = ("auto", "true", "false")
 TUNE_MODES: tuple[str, ...] = ("max", "min")
+TRIAL_RUNNERS: tuple[str, ...] = ("auto", "in_process", "ray_train")
 
 _YAML_SUFFIXES: tuple[str, ...] = (".yaml", ".yml")
 
@@ -286,13 +287,18 @@ class TuneConfig:
         max_concurrent: trials run at once.
         metric: metric optimised; one of ``eval.metrics`` or :data:`LOSS_METRICS`.
         mode: ``"max"`` or ``"min"``.
-        space: named search space in ``tuning/spaces.py`` (None = its default).
+        space: search space: a name in ``tuning/spaces/`` or a path to a space YAML
+            (None = ``default``).
         backbones: LM backbones the sweep may choose from.
         grace_period: ASHA grace period (in evaluation rounds).
         reduction_factor: ASHA reduction factor (>= 2).
         seed: search seed.
         cpus_per_trial: CPUs reserved per trial.
         gpus_per_trial: GPUs reserved per trial (fractions allowed).
+        trial_runner: how a trial trains: ``"in_process"`` (the in-process trainer inside the
+            trial, reporting each evaluation), ``"ray_train"`` (a ``TorchTrainer`` per trial with
+            ``train.num_workers`` DDP workers) or ``"auto"`` (``ray_train`` when the cluster has
+            at least ``train.num_workers`` > 1 GPUs, else ``in_process``).
     """
 
     num_samples: int = 8
@@ -306,6 +312,7 @@ class TuneConfig:
     seed: int = 0
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    trial_runner: str = "auto"
 
 
 #: Section name -> dataclass, in file order.
@@ -843,6 +850,7 @@ class ExperimentConfig:
         at_least("tune.seed", u.seed, 0)
         positive("tune.cpus_per_trial", u.cpus_per_trial)
         at_least("tune.gpus_per_trial", u.gpus_per_trial, 0)
+        choice("tune.trial_runner", u.trial_runner, TRIAL_RUNNERS)
 
         if errors:
             raise ConfigError(errors)

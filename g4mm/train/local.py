@@ -7,6 +7,7 @@ Same loop, components and checkpoints as the Ray Train job; only the data feedin
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,21 @@ def limit(rows: list[dict], max_samples: int | None) -> list[dict]:
     return rows if max_samples is None else rows[:max_samples]
 
 
-def train_in_process(cfg: Any, prep_dir: str, run_dir: Path, log=print) -> dict[str, Any]:
+def train_in_process(
+    cfg: Any,
+    prep_dir: str,
+    run_dir: Path,
+    log=print,
+    on_eval: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Train ``cfg`` on ``prep_dir``, keep the best validation checkpoint, test it.
 
     Writes the run directory (see :func:`g4mm.train.run_dir.write_run_outputs`) and
     ``checkpoints/best`` + ``checkpoints/last``; returns the final metrics.
+
+    Args:
+        on_eval: called with each evaluation's metrics after its checkpoints are saved (a Tune
+            trial reports them here, so a scheduler can stop the run between evaluations).
     """
     start = time.perf_counter()
     device = pick_device(cfg.train.use_gpu)
@@ -49,6 +60,8 @@ def train_in_process(cfg: Any, prep_dir: str, run_dir: Path, log=print) -> dict[
         if is_better(metrics.get(key), best["score"], cfg.tune.mode) or best["state"] is None:
             best.update(score=metrics.get(key), state=state)
             save_checkpoint(run_dir / "checkpoints" / "best", state)
+        if on_eval is not None:
+            on_eval(metrics)
 
     history = train_loop(
         model=parts.model, batches=batches, cfg=cfg, device=device, report=report,

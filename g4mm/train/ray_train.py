@@ -159,16 +159,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def fit(
-    cfg: ExperimentConfig, prep_dir: str, run_dir: Path, *, fail_at_step: int | None = None
+    cfg: ExperimentConfig,
+    prep_dir: str,
+    run_dir: Path,
+    *,
+    fail_at_step: int | None = None,
+    callbacks: list | None = None,
+    gpus_per_worker: float = 1.0,
 ) -> ray.train.Result:
     """Run the TorchTrainer; checkpoints and Ray's run state go under ``train.storage_path``
-    (any pyarrow filesystem URI, e.g. ``s3://bucket/runs``) or ``run_dir/ray``."""
+    (any pyarrow filesystem URI, e.g. ``s3://bucket/runs``) or ``run_dir/ray``.
+
+    Args:
+        callbacks: Ray Train callbacks (a Tune trial passes ``TuneReportCallback()``).
+        gpus_per_worker: GPUs per worker when GPUs are used (fractions share a GPU).
+    """
     use_gpu = cfg.train.use_gpu == "true" or (
         cfg.train.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0
     )
     resources = {"CPU": cfg.train.cpus_per_worker}
     if use_gpu:
-        resources["GPU"] = 1
+        resources["GPU"] = gpus_per_worker
     storage = cfg.train.storage_path or str(run_dir / "ray")
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -183,6 +194,7 @@ def fit(
         run_config=RunConfig(
             name=f"{run_dir.name}-{uuid.uuid4().hex[:6]}",  # unique: never resume by accident
             storage_path=storage,
+            callbacks=callbacks,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.train.num_to_keep,
