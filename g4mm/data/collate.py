@@ -6,6 +6,7 @@ Frozen encoders never run here: node features are looked up by
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,39 @@ def _as_list(row: Mapping[str, Any], key: str) -> list:
     """A list column's value for one row (None -> [])."""
     value = row.get(key)
     return [] if value is None else list(value)
+
+
+def length_bucketed_batches(
+    lengths: Sequence[int], batch_size: int, seed: int = 0, window: int = 32
+) -> list[list[int]]:
+    """One epoch of index batches whose samples have similar lengths (little padding).
+
+    The indices are shuffled, cut into windows of ``window * batch_size``, sorted by length
+    inside each window and cut into batches of ``batch_size`` (a short last batch is dropped);
+    the batches are then shuffled. Every sample is used at most once per epoch and the batch
+    order stays random, but a batch holds neighbours in length, so a padded batch costs
+    close to its real tokens. ``window=1`` is plain shuffled batching.
+
+    Args:
+        lengths: per-sample sequence length (e.g. :meth:`GraphCollator.token_lengths`).
+        batch_size: samples per batch.
+        seed: shuffling seed (use a new one per epoch).
+        window: batches per sorting window; larger windows pad less but mix less.
+    """
+    if batch_size < 1 or window < 1:
+        raise ValueError(f"batch_size = {batch_size}, window = {window}: both must be >= 1")
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    span = window * batch_size
+    batches: list[list[int]] = []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start : start + span], key=lambda i: lengths[i])
+        batches.extend(
+            chunk[b : b + batch_size] for b in range(0, len(chunk) - batch_size + 1, batch_size)
+        )
+    rng.shuffle(batches)
+    return batches
 
 
 @dataclass
@@ -70,6 +104,20 @@ class GraphCollator:
                 [str(r.get("target_text") or "") for r in rows]
             )
         return inputs
+
+    def token_lengths(self, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[int]:
+        """Real LM tokens per row as collated (prompt + target, both capped), for
+        :func:`length_bucketed_batches`; the soft tokens add the same count to every row."""
+        rows = rows_from_columns(batch)
+        tok = self.tokenizer
+        prompts = tok([str(r["prompt"]) for r in rows], truncation=True,
+                      max_length=self.max_prompt_tokens)["input_ids"]  # fmt: skip
+        if not self.with_targets:
+            return [len(p) for p in prompts]
+        targets = tok([str(r.get("target_text") or "") for r in rows],
+                      add_special_tokens=False)["input_ids"]  # fmt: skip
+        cap = self.max_target_tokens
+        return [len(p) + min(len(t) + 1, cap) for p, t in zip(prompts, targets, strict=True)]
 
     def _prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         tok = self.tokenizer

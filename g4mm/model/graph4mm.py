@@ -7,6 +7,12 @@
 
 Only the adapter is trained: the LM and the vision encoder are frozen (eval mode, no grads, not
 in the optimizer, not in adapter checkpoints).
+
+Training runs the LM padding-free at the front: each row's real tokens are moved to the left
+(prompt padding and masked soft tokens go to the end), so the LM sees one causal sequence per
+row with positions 0.. and no attention mask at all (SDPA can take its fused causal kernels,
+and no mask is built or inspected on the host). Trailing padding is never attended to by a
+real token, and logits are computed only at the positions that predict a target.
 """
 
 from __future__ import annotations
@@ -169,10 +175,73 @@ class Graph4MM(nn.Module):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding keeps positions 0..
         return torch.cat(parts, dim=1), mask, positions
 
+    def _packed_sequence(self, inputs: Graph4MMInputs) -> tuple[Tensor, Tensor]:
+        """``[prompt ; soft tokens ; target]`` with every row's real tokens moved to the front.
+
+        Returns the embeddings (B, L, D) and, for each target column k, the position of the
+        hidden state that predicts it (B, T). Row i's real tokens keep their order and land at
+        positions 0 .. n_i - 1 (what the masked layout gives them through its position ids);
+        padding fills n_i .. L - 1, where causal attention never lets a real token see it.
+        """
+        embeds, mask, _ = self._sequence(inputs, with_targets=True)  # (B, L, D), (B, L)
+        real = mask.bool()
+        length = real.shape[1]
+        slot = real.long().cumsum(1) - 1  # (B, L): packed position of each real column
+        columns = torch.arange(length, device=real.device)
+        # sort key: real tokens by their slot, then padding in column order (keys are unique)
+        order = torch.where(real, slot, length + columns).argsort(dim=1)  # (B, L)
+        packed = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))
+        num_targets = inputs.target_ids.shape[1]
+        predictor = (slot[:, length - num_targets :] - 1).clamp(min=0)  # (B, T)
+        return packed, predictor
+
+    def _lm_hidden(self, embeds: Tensor) -> Tensor:
+        """Last hidden states of the frozen LM body over unmasked causal rows, (B, L, D)."""
+        body = self.__dict__.get("_compiled_body")
+        if body is None:
+            body = self.lm.base_model
+        return body(inputs_embeds=embeds, use_cache=False).last_hidden_state
+
+    def _plain_lm_head(self) -> bool:
+        """True when logits = ``get_output_embeddings()(base_model(...))`` for this LM (OPT,
+        LLaMA, GPT-style); LMs that post-process logits take the masked path instead."""
+        config = getattr(self.lm, "config", None)
+        return (
+            self.lm.base_model is not self.lm
+            and self.lm.get_output_embeddings() is not None
+            and getattr(config, "final_logit_softcapping", None) is None
+            and getattr(config, "logit_scale", None) is None
+        )
+
+    def compile_lm(self, enabled: bool = True, **options: Any) -> None:
+        """Run the frozen LM body through ``torch.compile`` (``train.compile``) in
+        :meth:`forward`; ``enabled=False`` goes back to eager. Compilation happens lazily at the
+        next forward, so callers must be ready for that call to fail (see
+        :func:`g4mm.train.loop.train_loop`)."""
+        compiled = torch.compile(self.lm.base_model, **options) if enabled else None
+        self.__dict__["_compiled_body"] = compiled  # not a submodule: no duplicate state
+
     def forward(self, inputs: Graph4MMInputs) -> Graph4MMOutput:
         """Teacher-forced pass; logits and loss only at the T target positions."""
         if inputs.target_ids is None or inputs.target_mask is None:
             raise ValueError("forward needs target_ids and target_mask; use generate() instead")
+        if self._plain_lm_head():
+            embeds, predictor = self._packed_sequence(inputs)
+            hidden = self._lm_hidden(embeds)  # (B, L, D)
+            hidden = hidden.gather(1, predictor[..., None].expand(-1, -1, hidden.shape[-1]))
+            logits = self.lm.get_output_embeddings()(hidden)  # (B, T, V)
+        else:
+            logits = self._masked_target_logits(inputs)
+        labels = inputs.target_ids.masked_fill(~inputs.target_mask.bool(), IGNORE_INDEX)
+        loss = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+        )
+        return Graph4MMOutput(loss, logits, inputs.target_mask.sum())
+
+    def _masked_target_logits(self, inputs: Graph4MMInputs) -> Tensor:
+        """Target logits (B, T, V) through the LM's own head on the padded, masked layout."""
         embeds, mask, positions = self._sequence(inputs, with_targets=True)
         num_targets = inputs.target_ids.shape[1]
         # positions L-T-1 .. L-2 predict the T targets; logits_to_keep=T+1 keeps L-T-1 .. L-1
@@ -183,14 +252,7 @@ class Graph4MM(nn.Module):
             logits_to_keep=num_targets + 1,
             use_cache=False,
         )
-        logits = out.logits[:, :-1]  # (B, T, V)
-        labels = inputs.target_ids.masked_fill(~inputs.target_mask.bool(), IGNORE_INDEX)
-        loss = F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]),
-            labels.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-        )
-        return Graph4MMOutput(loss, logits, inputs.target_mask.sum())
+        return out.logits[:, :-1]
 
     @torch.no_grad()
     def generate(

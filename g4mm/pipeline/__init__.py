@@ -4,16 +4,29 @@
 - :func:`~g4mm.pipeline.dataset.load_split_dataset` / :func:`~g4mm.pipeline.dataset.load_features`:
   read the results back for training.
 - :func:`~g4mm.pipeline.ray_runtime.init_ray`: join or start Ray with the pipeline's settings.
+
+Exports resolve lazily: a Ray Data worker unpickling ``g4mm.pipeline.sources.<fn>`` imports
+this package, and must not pay for Ray Train, transformers or the model on the way (each worker
+process would, once: seconds of CPU per worker on a small machine).
 """
 
-from g4mm.pipeline.dataset import available_splits, load_features, load_split_dataset
-from g4mm.pipeline.preprocess import run_preprocess
-from g4mm.pipeline.ray_runtime import init_ray
+from __future__ import annotations
 
-__all__ = [
-    "available_splits",
-    "init_ray",
-    "load_features",
-    "load_split_dataset",
-    "run_preprocess",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "available_splits": "g4mm.pipeline.dataset",
+    "load_features": "g4mm.pipeline.dataset",
+    "load_split_dataset": "g4mm.pipeline.dataset",
+    "run_preprocess": "g4mm.pipeline.preprocess",
+    "init_ray": "g4mm.pipeline.ray_runtime",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,12 +16,14 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from g4mm.config import DataConfig, ExperimentConfig
-from g4mm.data.records import ReadStats, SourceGraph
+
+if TYPE_CHECKING:  # imported (with torch) by the readers only: see _read_stats()
+    from g4mm.data.records import ReadStats, SourceGraph
 
 __all__ = [
     "BOOKKEEPING",
@@ -37,6 +39,14 @@ __all__ = [
 
 BOOKKEEPING = ("_is_sample", "_stats")
 _TFRECORD_SUFFIXES = (".tfrecord", ".tfrecord.gz", ".tfrecords", ".tfrecords.gz", ".gz")
+
+
+def _read_stats() -> ReadStats:
+    """A fresh ReadStats; ``g4mm.data.records`` pulls in torch, so it is imported here, in the
+    readers, and not by every Ray worker that merely unpickles a function of this module."""
+    from g4mm.data.records import ReadStats
+
+    return ReadStats()
 
 
 def _sample_schema() -> pa.Schema:
@@ -147,7 +157,7 @@ def wikiweb2m_items_to_table(batch: pa.Table, data_cfg: DataConfig) -> pa.Table:
     tables = []
     for item in batch.to_pylist():
         path, stripe, num_stripes = item["path"], item["stripe"], item["num_stripes"]
-        stats, rows, targets, build_skipped = ReadStats(), [], 0, 0
+        stats, rows, targets, build_skipped = _read_stats(), [], 0, 0
         by_split: Counter[str] = Counter()
         try:
             for i, record in enumerate(iter_tfrecords(path)):
@@ -159,7 +169,7 @@ def wikiweb2m_items_to_table(batch: pa.Table, data_cfg: DataConfig) -> pa.Table:
                 )
                 if src is None:
                     continue
-                part, info = build_rows(src, data_cfg, ReadStats())
+                part, info = build_rows(src, data_cfg, _read_stats())
                 stats.merge(info)
                 targets += info["targets"]
                 build_skipped += info["build_skipped"]
@@ -185,7 +195,7 @@ def read_single_graph(cfg: ExperimentConfig) -> tuple[SourceGraph, dict, int]:
 
     Returns ``(graph, stats dict, number of targets)``.
     """
-    stats = ReadStats()
+    stats = _read_stats()
     if cfg.data.input is None:
         raise ValueError(f"data.input is required for dataset {cfg.data.dataset!r}")
     if cfg.data.dataset == "parquet":
@@ -203,5 +213,5 @@ def targets_to_table(batch: dict[str, Any], src: SourceGraph, data_cfg: DataConf
     """``map_batches`` function over target indices of one shared SourceGraph."""
     idx = [int(i) for i in batch["id"]]
     part = dataclasses.replace(src, targets=[src.targets[i] for i in idx])
-    rows, info = build_rows(part, data_cfg, ReadStats())
+    rows, info = build_rows(part, data_cfg, _read_stats())
     return rows_table(rows, info)

@@ -3,13 +3,17 @@
 Runs the same in a Ray Train worker (``g4mm.train.ray_train``) and in a plain process
 (``g4mm.train.local``). Per optimizer step: ``grad_accum`` micro-batches (DDP gradient sync
 skipped on all but the last through ``no_sync``), bf16 autocast on CUDA, gradient clipping on the
-adapter, AdamW + warmup/cosine. The loss stays on the device between log lines: no per-step
-host synchronisation.
+adapter, AdamW (fused on CUDA) + warmup/cosine. Batches go to the GPU from pinned memory without
+blocking, and the loss stays on the device between log lines: no per-step host
+synchronisation. ``train.compile`` runs the frozen LM body through ``torch.compile``, falling
+back to eager when compiling fails.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +21,7 @@ from typing import Any
 
 import torch
 
-from g4mm.model.inputs import Graph4MMInputs
+from g4mm.model.inputs import Graph4MMInputs, ModalityInputs
 from g4mm.train.checkpoint import training_state
 from g4mm.train.optim import build_optimizer, build_scheduler
 
@@ -29,6 +33,44 @@ def autocast_for(device: torch.device, precision: str):
     if device.type == "cuda" and precision in ("auto", "bf16"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def to_device(batch: Graph4MMInputs, device: torch.device) -> Graph4MMInputs:
+    """``batch.to(device)``; on CUDA through pinned host memory with ``non_blocking`` copies,
+    so the host queues the step's kernels without waiting for the previous step to finish."""
+    if device.type != "cuda":
+        return batch.to(device)
+
+    def move(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.pin_memory().to(device, non_blocking=True)
+        if isinstance(value, (Graph4MMInputs, ModalityInputs)):
+            moved = {f.name: move(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            return dataclasses.replace(value, **moved)
+        return value
+
+    return move(batch)
+
+
+def compile_or_fallback(
+    model: Any, batch: Graph4MMInputs, device: torch.device, precision: str, log: Callable
+) -> bool:
+    """Compile ``model``'s frozen LM body and run one forward + backward on ``batch`` to find
+    out now whether it works; on any error go back to eager. The probe's gradients are
+    discarded. Returns whether the model stays compiled."""
+    model.compile_lm(True)
+    try:
+        with autocast_for(device, precision):
+            out = model(to_device(batch, device))
+        out.loss.backward()
+    except Exception as err:  # compile failures surface as many exception types
+        model.compile_lm(False)
+        log(f"torch.compile failed, training eagerly: {type(err).__name__}: {err}"[:500])
+        return False
+    finally:
+        model.zero_grad(set_to_none=True)
+    log("torch.compile: LM body compiled")
+    return True
 
 
 def format_eta(seconds: float) -> str:
@@ -79,6 +121,10 @@ def train_loop(
     resumed_from = step
     params = [p for group in optimizer.param_groups for p in group["params"]]
     model.train()
+    if getattr(train_cfg, "compile", False):
+        first = next(batches)
+        batches = itertools.chain([first], batches)
+        compile_or_fallback(model, first, device, train_cfg.precision, log)
 
     window_loss = torch.zeros((), device=device)
     window_steps = window_samples = window_tokens = 0
@@ -89,7 +135,7 @@ def train_loop(
             batch = next(batches)
             # count tokens on the host copy: reading them off the device would sync each step
             window_tokens += int(batch.target_mask.sum()) + int(batch.prompt_mask.sum())
-            inputs = batch.to(device)
+            inputs = to_device(batch, device)
             last = micro == train_cfg.grad_accum - 1
             sync = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
             with sync:

@@ -9,12 +9,15 @@ import torch
 
 
 def build_optimizer(model: Any, train_cfg: Any, device: torch.device) -> torch.optim.AdamW:
-    """AdamW on ``model.parameter_groups`` (adapter only; decay on matrices), fused on CUDA."""
+    """AdamW on ``model.parameter_groups`` (adapter only; decay on matrices): one fused kernel
+    per step on CUDA, the multi-tensor (foreach) path elsewhere."""
+    on_cuda = device.type == "cuda"
     return torch.optim.AdamW(
         model.parameter_groups(train_cfg.weight_decay),
         lr=train_cfg.lr,
         betas=tuple(train_cfg.betas),
-        fused=device.type == "cuda",
+        fused=True if on_cuda else None,
+        foreach=None if on_cuda else True,
     )
 
 

@@ -1,0 +1,527 @@
+"""Training-step throughput: the project's real step beside the official-shaped step, one run.
+
+Ours is the real thing: :class:`g4mm.model.Graph4MM` (hop-diffused adapter, 20 query tokens,
+MM-QFormer) over an OPT-125M-shaped LM built from an ``OPTConfig`` with random weights (no
+download), trained by :func:`g4mm.train.loop.train_loop` itself (pinned non-blocking batch
+copies, bf16 autocast on CUDA, SDPA, the padding-free causal layout of ``Graph4MM.forward`` with
+logits at target positions only, fused AdamW, clipping, the LR schedule), on cached node features
+(12 text and 5 image nodes per sample). The baseline is ``official_shaped_step.py`` (the
+official code's shapes: fp32, eager attention, the frozen text encoder and CLIP run every step,
+everything padded to 1024 + 128), imported from ``--anchor`` and timed in the same process.
+
+Sequence per sample: prompt + 20 soft tokens + target; at most 1004 + 20 + 128 = 1152 tokens,
+the official step's 1024 input (soft tokens included) + 128 output tokens.
+
+- ``full``: every sample at the maximum (1152 tokens: no padding anywhere, like-for-like with
+  the official step, whose every sample is padded to 1152);
+- ``variable``: prompts uniform in [128, 1004] tokens, targets uniform in [8, 128] (a stated
+  assumption, not a measured WikiWeb2M distribution), batched by
+  :func:`g4mm.data.collate.length_bucketed_batches` (``bucketed``) or at random (``random``).
+
+Throughput counts real tokens only. FLOPs are counted per sample with n real tokens (prompt +
+soft + target) of which t are targets, for an LM of width d, L layers, FFN width f, vocabulary
+V; the LM is frozen, so its backward computes input gradients only (no weight gradients)::
+
+    linear  = 2 L (4 d^2 + 2 d f) n      Q, K, V, O and the two FFN matmuls, forward
+    attn    = 2 L n^2 d                  causal Q K^T and A V, forward (half of the n x n)
+    head    = 2 d V t                    LM head at the target positions only, forward
+    LM FLOPs = 2 linear + 3 attn + 2 head
+
+(backward: dX = dY W^T costs one forward per matmul; attention backward dQ, dK, dV, dP costs
+two; flash attention's recomputation is not counted). The adapter (<1 % of the FLOPs) is left
+out. MFU = LM FLOP/s / the dense matmul rate measured in the same run: bf16 on CUDA (ours runs
+under bf16 autocast), fp32 on CPU (everything runs in fp32 there). The official row uses the
+same per-sample LM FLOPs (its extra encoder and padded-logit work is not useful work).
+
+Usage:
+    python bench/train_step.py [--anchor ../shared/anchors/official_shaped_step.py]
+        [--batch 8 32] [--steps 20] [--compile] [--json PATH]
+    python bench/train_step.py --quick       # CPU-sized shapes, under a minute
+
+The anchor is not part of this repository: on a machine that has only the repository, copy it
+anywhere and pass ``--anchor PATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    cpu_threads,
+    device_label,
+    load_path,
+    matmul_tflops,
+    pick_device,
+    print_table,
+    sync,
+)
+
+from g4mm.config import ExperimentConfig
+from g4mm.data.collate import length_bucketed_batches
+from g4mm.model import Graph4MM, build_adapter
+from g4mm.model.inputs import Graph4MMInputs, ModalityInputs
+from g4mm.train.loop import train_loop
+
+DEFAULT_ANCHOR = Path(__file__).resolve().parents[2] / "shared/anchors/official_shaped_step.py"
+HEADERS = [
+    "step",
+    "batch",
+    "lengths",
+    "samples/s",
+    "real tok/s",
+    "LM TFLOP/s",
+    "MFU",
+    "x official",
+    "peak GiB",
+    "note",
+]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """LM, sequence and graph sizes; ``FULL`` is the paper's, ``QUICK`` the anchor's SMALL."""
+
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    input_tokens: int  # prompt + soft tokens (the official L_IN)
+    target_tokens: int  # the official L_OUT
+    text_nodes: int
+    image_nodes: int
+    queries: int  # soft tokens: 4 per image node
+    adapter_hidden: int
+    adapter_heads: int
+    min_prompt: int
+    min_target: int
+
+    @property
+    def max_prompt(self) -> int:
+        return self.input_tokens - self.queries
+
+
+FULL = Shape(50272, 768, 12, 12, 1024, 128, 12, 5, 20, 768, 12, 128, 8)
+QUICK = Shape(1000, 64, 2, 4, 64, 16, 4, 2, 8, 64, 4, 8, 2)
+
+
+def lm_config(shape: Shape):
+    from transformers import OPTConfig
+
+    return OPTConfig(
+        vocab_size=shape.vocab,
+        hidden_size=shape.hidden,
+        num_hidden_layers=shape.layers,
+        ffn_dim=4 * shape.hidden,
+        num_attention_heads=shape.heads,
+        max_position_embeddings=2048,
+        word_embed_proj_dim=shape.hidden,
+        pad_token_id=1,
+        bos_token_id=2,
+        eos_token_id=2,
+    )
+
+
+def lm_train_flops(config: Any, tokens: int, targets: int) -> float:
+    """One sample's forward + input-gradient backward FLOPs through the frozen LM (module doc)."""
+    d, layers = config.hidden_size, config.num_hidden_layers
+    linear = 2 * layers * (4 * d * d + 2 * d * config.ffn_dim) * tokens
+    attention = 2 * layers * tokens**2 * d
+    head = 2 * d * config.vocab_size * targets
+    return 2 * linear + 3 * attention + 2 * head
+
+
+def build_model(shape: Shape, device: torch.device, seed: int = 0) -> Graph4MM:
+    from transformers import OPTForCausalLM
+
+    torch.manual_seed(seed)
+    lm = OPTForCausalLM._from_config(lm_config(shape), attn_implementation="sdpa")
+    adapter = build_adapter(
+        "hop_diffused",
+        shape.hidden,
+        shape.hidden,
+        shape.hidden,
+        hidden_dim=shape.adapter_hidden,
+        num_heads=shape.adapter_heads,
+        alpha=0.1,
+        num_hops=3,
+        num_query_tokens=shape.queries,
+        qformer_layers=1,
+        dropout=0.1,
+        diffusion_impl="dense",
+    )
+    return Graph4MM(lm, adapter).to(device)
+
+
+def make_batch(prompts: list[int], targets: list[int], shape: Shape, gen) -> Graph4MMInputs:
+    """A collated host batch as :class:`g4mm.data.collate.GraphCollator` lays it out: prompts
+    left-padded, targets right-padded (each to the batch's longest), full node sets with
+    random edges, random features and token ids."""
+    b, width, t_width = len(prompts), max(prompts), max(targets)
+    cols = torch.arange(width)
+    prompt_mask = cols[None] >= (width - torch.tensor(prompts))[:, None]
+    prompt_ids = torch.randint(4, shape.vocab, (b, width), generator=gen).masked_fill(
+        ~prompt_mask, 1
+    )
+    target_mask = torch.arange(t_width)[None] < torch.tensor(targets)[:, None]
+    target_ids = torch.randint(4, shape.vocab, (b, t_width), generator=gen).masked_fill(
+        ~target_mask, 1
+    )
+
+    def modality(n: int) -> ModalityInputs:
+        mask = torch.ones(b, n, dtype=torch.bool)
+        adj = torch.rand(b, n, n, generator=gen) < 0.3
+        adj = (adj | adj.transpose(1, 2)) & ~torch.eye(n, dtype=torch.bool)
+        hops = torch.randint(0, 3, (b, n), generator=gen)
+        return ModalityInputs(torch.randn(b, n, shape.hidden, generator=gen), mask, adj, hops)
+
+    return Graph4MMInputs(
+        prompt_ids,
+        prompt_mask,
+        modality(shape.text_nodes),
+        modality(shape.image_nodes),
+        target_ids,
+        target_mask,
+    )
+
+
+def make_batches(kind: str, batch: int, count: int, shape: Shape, seed: int = 0):
+    """``count`` host batches of lengths ``full`` or ``variable`` (``bucketed`` / ``random``)."""
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "full":
+        sizes = [([shape.max_prompt] * batch, [shape.target_tokens] * batch)] * count
+    else:
+        rng = random.Random(seed)
+        pool = batch * count
+        prompts = [rng.randint(shape.min_prompt, shape.max_prompt) for _ in range(pool)]
+        targets = [rng.randint(shape.min_target, shape.target_tokens) for _ in range(pool)]
+        window = 1 if kind == "random" else count
+        lengths = [p + t for p, t in zip(prompts, targets, strict=True)]
+        groups = length_bucketed_batches(lengths, batch, seed=seed, window=window)
+        sizes = [([prompts[i] for i in g], [targets[i] for i in g]) for g in groups]
+    return [make_batch(p, t, shape, gen) for p, t in sizes]
+
+
+def step_config(steps: int, compile_lm: bool) -> ExperimentConfig:
+    cfg = ExperimentConfig()
+    t = cfg.train
+    t.max_steps, t.eval_every, t.warmup_steps, t.grad_accum = steps, steps, 50, 1
+    t.lr, t.weight_decay, t.betas, t.grad_clip = 1e-4, 0.01, (0.9, 0.95), 1.0
+    t.precision, t.compile = "auto", compile_lm
+    return cfg
+
+
+def time_ours(
+    model: Graph4MM,
+    batches: list,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    compile_lm: bool = False,
+) -> dict[str, Any]:
+    """Seconds of ``steps`` optimizer steps of ``train_loop`` (after ``warmup`` steps of a
+    first ``train_loop`` call, which also compiles when asked)."""
+    notes: list[str] = []
+
+    def run(n: int, compile_now: bool) -> None:
+        train_loop(
+            model=model,
+            batches=itertools.cycle(batches),
+            cfg=step_config(n, compile_now),
+            device=device,
+            report=lambda metrics, state: None,
+            log=notes.append,
+        )
+
+    model.compile_lm(False)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    run(warmup, compile_lm)
+    sync(device)
+    start = time.perf_counter()
+    run(steps, False)  # a compiled body stays compiled
+    sync(device)
+    seconds = time.perf_counter() - start
+    used = list(itertools.islice(itertools.cycle(batches), steps))
+    samples = sum(b.batch_size for b in used)
+    real = [(int(b.prompt_mask.sum()), int(b.target_mask.sum())) for b in used]
+    q = model.bare_adapter.qformer.queries.shape[0]  # soft tokens per sample
+    tokens = sum(p + t for p, t in real) + samples * q
+    flops = 0.0
+    for b in used:
+        n = (b.prompt_mask.sum(1) + b.target_mask.sum(1)).tolist()
+        t = b.target_mask.sum(1).tolist()
+        flops += sum(lm_train_flops(model.lm.config, k + q, j) for k, j in zip(n, t, strict=True))
+    compiled = model.__dict__.get("_compiled_body") is not None
+    note = [m for m in notes if "compile" in m]
+    model.compile_lm(False)
+    return {
+        "seconds": seconds,
+        "samples": samples,
+        "tokens": tokens,
+        "flops": flops,
+        "padded_tokens": sum(
+            b.batch_size * (b.prompt_ids.shape[1] + q + b.target_ids.shape[1]) for b in used
+        ),
+        "compiled": compiled,
+        "note": "; ".join(note)[:120],
+        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30
+        if device.type == "cuda"
+        else None,
+    }
+
+
+def host_syncs_per_step(model: Graph4MM, batches: list, device: torch.device) -> float | None:
+    """Host-device synchronisations per optimizer step of ``train_loop`` on CUDA, counted with
+    ``torch.cuda.set_sync_debug_mode``: runs of 2 and 4 steps, the difference / 2 (each run's
+    closing log line and report sync once by design)."""
+    if device.type != "cuda":
+        return None
+    import warnings
+
+    counts = []
+    for steps in (2, 4):
+        sync(device)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                train_loop(
+                    model=model, batches=itertools.cycle(batches), cfg=step_config(steps, False),
+                    device=device, report=lambda metrics, state: None, log=lambda _: None,
+                )  # fmt: skip
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    return (counts[1] - counts[0]) / 2
+
+
+def load_anchor(path: str | Path, quick: bool):
+    """The official-shaped step module; SMALL=1 (its CPU shapes) under ``--quick``."""
+    old = os.environ.get("SMALL")
+    os.environ["SMALL"] = "1" if quick else "0"
+    try:
+        return load_path(path, "official_shaped_step")
+    finally:
+        if old is None:
+            os.environ.pop("SMALL", None)
+        else:
+            os.environ["SMALL"] = old
+
+
+def time_official(anchor, parts, batch: int, repeats: int, warmup: int) -> dict[str, Any]:
+    """The anchor's own fp32 eager step (TF32 off, encoders every step) and its own timer."""
+    anchor.B = batch  # the anchor reads its module-level B at call time
+    torch.manual_seed(0)
+    data = anchor.batch()
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    if anchor.dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        seconds = anchor.timeit(lambda: anchor.step_official(parts, data), n=repeats, warm=warmup)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    peak = torch.cuda.max_memory_allocated() / 2**30 if anchor.dev == "cuda" else None
+    return {"seconds": seconds, "peak_gib": peak}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """All rows (dicts) plus the run's metadata; ``main`` prints them as one table."""
+    device = pick_device(args.device)
+    cpu_threads(device, args.threads)
+    shape = QUICK if args.quick else FULL
+    config = lm_config(shape)
+    max_tokens = shape.input_tokens + shape.target_tokens
+    full_flops = lm_train_flops(config, max_tokens, shape.target_tokens)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    peak = matmul_tflops(device, dtype, 8192 if device.type == "cuda" else 1024)
+    meta = {
+        "device": device_label(device),
+        "peak_tflops": peak,
+        "peak_dtype": str(dtype),
+        "lm_flops_full_sample": full_flops,
+        "shape": shape.__dict__,
+    }
+    print(
+        f"device: {meta['device']}; measured {str(dtype)[6:]} matmul {peak:.1f} TFLOP/s; "
+        f"LM FLOPs per full {max_tokens}-token sample {full_flops / 1e9:.2f} GFLOP"
+    )
+
+    rows: list[dict[str, Any]] = []
+    official: dict[int, float] = {}
+    if args.anchor:
+        anchor = load_anchor(args.anchor, args.quick)
+        if str(device) != anchor.dev:
+            raise SystemExit(f"the anchor runs on {anchor.dev}, this bench on {device}")
+        torch.manual_seed(0)
+        parts = anchor.make("eager", torch.float32)
+        for b in args.batch:
+            try:
+                res = time_official(anchor, parts, b, args.official_steps, 2 if args.quick else 3)
+            except torch.OutOfMemoryError:
+                rows.append({"step": "official-shaped fp32", "batch": b, "note": "OOM"})
+                continue
+            official[b] = b / res["seconds"]
+            rows.append(
+                {
+                    "step": "official-shaped fp32",
+                    "batch": b,
+                    "lengths": f"padded {max_tokens}",
+                    "samples_s": official[b],
+                    "tokens_s": official[b] * max_tokens,
+                    "tflops": official[b] * full_flops / 1e12,
+                    "peak_gib": res["peak_gib"],
+                    "note": "anchor's timeit (median of steps)",
+                }
+            )
+            print(f"official b={b}: {official[b]:.1f} samples/s", flush=True)
+        del parts
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    model = build_model(shape, device)
+    syncs = host_syncs_per_step(model, make_batches("full", args.batch[0], 2, shape), device)
+    meta["host_syncs_per_step"] = syncs
+    if syncs is not None:
+        print(f"host syncs per optimizer step (cuda sync debug mode): {syncs:g}", flush=True)
+    variants = ["full", "bucketed", "random"] if args.variable else ["full"]
+    for b in args.batch:
+        plans = [(kind, False, False) for kind in variants]
+        if b == args.batch[0]:
+            if args.compile:
+                plans.append(("full", True, False))
+            if args.bf16_lm:
+                plans.append(("full", False, True))
+        for kind, compile_lm, bf16_lm in plans:
+            batches = make_batches(kind, b, args.batches, shape)
+            if bf16_lm:  # frozen weights stored in bf16: no per-step casts, bf16 residual stream
+                model.lm.to(torch.bfloat16)
+            try:
+                res = time_ours(model, batches, device, args.steps, args.warmup, compile_lm)
+            finally:
+                model.lm.float()
+            samples_s = res["samples"] / res["seconds"]
+            name = (
+                "ours" + (" + compile" if compile_lm else "") + (", LM in bf16" if bf16_lm else "")
+            )
+            lengths = {
+                "full": f"full {max_tokens}",
+                "bucketed": "variable, bucketed",
+                "random": "variable, random batches",
+            }[kind]
+            fill = res["tokens"] / res["padded_tokens"] if kind != "full" else None
+            note = res["note"] or (f"{fill:.0%} of padded tokens real" if fill else "")
+            if compile_lm and not res["compiled"]:
+                note = "compile FAILED, eager: " + note
+            rows.append(
+                {
+                    "step": name,
+                    "batch": b,
+                    "lengths": lengths,
+                    "samples_s": samples_s,
+                    "tokens_s": res["tokens"] / res["seconds"],
+                    "tflops": res["flops"] / res["seconds"] / 1e12,
+                    "peak_gib": res["peak_gib"],
+                    "note": note,
+                    "kind": kind,
+                    "compiled": res["compiled"],
+                }
+            )
+            print(f"{name} b={b} {kind}: {samples_s:.1f} samples/s", flush=True)
+            del batches
+    for row in rows:
+        if row.get("tflops") is not None:
+            row["mfu"] = row["tflops"] / peak
+        if row["step"] != "official-shaped fp32" and official.get(row["batch"]):
+            row["x_official"] = row["samples_s"] / official[row["batch"]]
+    return {"meta": meta, "rows": rows}
+
+
+def table_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    def pct(v):
+        return None if v is None else f"{v:.1%}"
+
+    def times(v):
+        return None if v is None else f"x{v:.1f}"
+
+    return [
+        [
+            r["step"],
+            r["batch"],
+            r.get("lengths"),
+            r.get("samples_s"),
+            r.get("tokens_s"),
+            r.get("tflops"),
+            pct(r.get("mfu")),
+            times(r.get("x_official")),
+            r.get("peak_gib"),
+            r.get("note", ""),
+        ]
+        for r in rows
+    ]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="CPU-sized shapes (the anchor's SMALL)")
+    p.add_argument(
+        "--anchor",
+        default=str(DEFAULT_ANCHOR),
+        help="official_shaped_step.py; '' skips the official rows",
+    )
+    p.add_argument("--batch", type=int, nargs="+", help="batch sizes (default 8 32; quick 2 8)")
+    p.add_argument("--steps", type=int, help="timed optimizer steps (default 20; quick 4)")
+    p.add_argument("--warmup", type=int, help="warm-up steps (default 3; quick 1)")
+    p.add_argument("--official-steps", type=int, help="anchor timeit steps (default 10; quick 3)")
+    p.add_argument("--batches", type=int, default=16, help="distinct batches cycled through")
+    p.add_argument(
+        "--no-variable", dest="variable", action="store_false", help="only the full-length rows"
+    )
+    p.add_argument("--compile", action="store_true", help="add a torch.compile row (1st batch)")
+    p.add_argument(
+        "--bf16-lm",
+        action="store_true",
+        help="add a row with the frozen LM stored in bf16 (1st batch; CUDA default)",
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: see common)")
+    p.add_argument("--json", type=Path, help="also write rows + metadata here")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    quick = args.quick
+    args.batch = args.batch or ([2, 8] if quick else [8, 32])
+    args.steps = args.steps or (8 if quick else 20)
+    args.warmup = args.warmup or (1 if quick else 3)
+    args.official_steps = args.official_steps or (3 if quick else 10)
+    args.bf16_lm = args.bf16_lm or (torch.cuda.is_available() and args.device != "cpu")
+    if quick:
+        args.batches = min(args.batches, 4)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = resolve(parser().parse_args(argv))
+    result = run(args)
+    print_table(HEADERS, table_rows(result["rows"]))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""The bench scripts' --quick paths and the library pieces they measure.
+
+Each bench runs in this process on CPU-sized shapes; the tests check the printed table's
+columns and that every number is finite and sane, never a timing. The pipeline bench starts Ray
+four times and is marked slow.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import diffusion  # noqa: E402
+import generate  # noqa: E402
+import gpu_all  # noqa: E402
+import train_step  # noqa: E402
+
+from g4mm.data.collate import GraphCollator, length_bucketed_batches  # noqa: E402
+from g4mm.data.schema import feature_key  # noqa: E402
+
+ANCHOR = train_step.DEFAULT_ANCHOR
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    """The benches pin torch to one CPU thread; give the session its setting back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def header_of(out: str, first: str) -> list[str]:
+    line = next(x for x in out.splitlines() if x.startswith(f"| {first} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def finite_positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+# ---------------------------------------------------------------------------- train step
+
+
+def test_train_step_quick_prints_ours_beside_the_official_step(tmp_path, capsys):
+    anchor = str(ANCHOR) if ANCHOR.is_file() else ""
+    out_json = tmp_path / "train.json"
+    args = ["--quick", "--batch", "2", "--steps", "2", "--warmup", "1", "--official-steps", "2",
+            "--anchor", anchor, "--json", str(out_json)]  # fmt: skip
+    assert train_step.main(args) == 0
+    assert header_of(capsys.readouterr().out, "step") == train_step.HEADERS
+    result = json.loads(out_json.read_text())
+    rows = result["rows"]
+    kinds = {(r["step"], r.get("kind")) for r in rows}
+    assert {("ours", "full"), ("ours", "bucketed"), ("ours", "random")} <= kinds
+    for r in rows:
+        for key in ("samples_s", "tokens_s", "tflops", "mfu"):
+            assert finite_positive(r[key]), (r["step"], key, r[key])
+        assert r["mfu"] < 1.5  # against the measured matmul rate: never far above it
+    ours = [r for r in rows if r["step"] == "ours"]
+    assert all(r["tokens_s"] / r["samples_s"] <= 80 for r in ours)  # at most 64 + 16 tokens
+    if anchor:
+        assert any(r["step"] == "official-shaped fp32" for r in rows)
+        assert all(finite_positive(r["x_official"]) for r in ours)
+    assert finite_positive(result["meta"]["peak_tflops"])
+
+
+def test_lm_flops_formula_matches_torch_flop_counter():
+    """The bench's forward + input-gradient count equals what torch counts on the real LM, up
+    to the attention term's causal halving (the counter charges the full n x n)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import OPTForCausalLM
+
+    shape = train_step.QUICK
+    config = train_step.lm_config(shape)
+    torch.manual_seed(0)
+    lm = OPTForCausalLM._from_config(config, attn_implementation="eager").eval()
+    lm.requires_grad_(False)
+    n, t = 24, 6
+    embeds = torch.randn(1, n, shape.hidden, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        hidden = lm.base_model(inputs_embeds=embeds, use_cache=False).last_hidden_state
+        lm.get_output_embeddings()(hidden[:, -t:]).sum().backward()
+    counted = counter.get_total_flops()
+    d, layers = shape.hidden, shape.layers
+    full_attention = 4 * layers * n * n * d  # eager: QK^T and AV over the full n x n
+    expected = train_step.lm_train_flops(config, n, t) - 3 * 2 * layers * n * n * d
+    expected += 3 * full_attention
+    assert counted == pytest.approx(expected, rel=0.02)
+
+
+# ----------------------------------------------------------------------------- diffusion
+
+
+def test_diffusion_quick_table_and_dense_limit(tmp_path, capsys):
+    out_json = tmp_path / "diffusion.json"
+    assert diffusion.main(["--quick", "--repeats", "1", "--json", str(out_json)]) == 0
+    assert header_of(capsys.readouterr().out, "impl") == diffusion.HEADERS
+    result = json.loads(out_json.read_text())
+    rows = result["rows"]
+    sparse = [r for r in rows if r["impl"] == "sparse"]
+    assert len(sparse) == len(diffusion.QUICK_SIZES)
+    for r in sparse:
+        assert finite_positive(r["ms"]) and finite_positive(r["ns_edge"]), r
+        assert r["peak_mib"] is None or 0 <= r["peak_mib"] < 4096, r
+    skipped = [r for r in rows if r["impl"] == "dense" and "skipped" in r.get("note", "")]
+    assert skipped and all("GiB" in r["note"] for r in skipped)
+    ran = [r for r in rows if r["impl"] == "dense" and r.get("ms")]
+    assert ran and all(finite_positive(r["ns_dense"]) for r in ran)
+    assert math.isfinite(result["meta"]["sparse_slope"])
+
+
+# ------------------------------------------------------------------------------ generate
+
+
+def test_generate_quick_cached_equals_uncached(tmp_path, capsys):
+    out_json = tmp_path / "generate.json"
+    assert generate.main(["--quick", "--repeats", "1", "--json", str(out_json)]) == 0
+    assert header_of(capsys.readouterr().out, "KV cache") == generate.HEADERS
+    result = json.loads(out_json.read_text())
+    assert result["meta"]["same_tokens"] is True  # fp32 CPU: token for token
+    assert finite_positive(result["meta"]["ratio"])
+    for r in result["rows"]:
+        assert r["new_tokens"] == 8 and finite_positive(r["tok_s"])
+
+
+# ------------------------------------------------------------------------------- gpu_all
+
+
+def test_gpu_all_quick_prints_one_summary_table(tmp_path, capsys):
+    out_json = tmp_path / "all.json"
+    argv = ["--quick", "--no-compile", "--anchor", "", "--only", "gpu_check", "train_step",
+            "generate", "--json", str(out_json)]  # fmt: skip
+    assert gpu_all.main(argv) == 0
+    out = capsys.readouterr().out
+    assert header_of(out.split("== summary")[-1], "bench") == gpu_all.HEADERS
+    rows = json.loads(out_json.read_text())["rows"]
+    assert {r[0] for r in rows} == {"gpu_check", "train_step", "generate", "all"}
+    assert all(r[4] in ("info", "PASS") for r in rows), rows  # CPU: no GPU verdicts
+    assert not any(r[1] == "section failed" for r in rows)
+
+
+# ------------------------------------------------------------------- padding-free batches
+
+
+def test_length_bucketed_batches_cover_each_sample_once_and_pad_less():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 1000, size=1003).tolist()
+    batches = length_bucketed_batches(lengths, 8, seed=1, window=16)
+    flat = [i for b in batches for i in b]
+    assert len(flat) == len(set(flat)) and all(len(b) == 8 for b in batches)
+    assert len(flat) >= 1003 - 16 * 8  # at most one short batch dropped per window
+
+    def padded(groups):
+        return sum(len(g) * max(lengths[i] for i in g) for g in groups)
+
+    plain = length_bucketed_batches(lengths, 8, seed=1, window=1)
+    assert padded(batches) / sum(lengths[i] for i in flat) < 1.1
+    assert padded(plain) / sum(lengths[i] for b in plain for i in b) > 1.3
+    assert length_bucketed_batches(lengths, 8, seed=1, window=16) == batches  # seeded
+    with pytest.raises(ValueError):
+        length_bucketed_batches(lengths, 0)
+
+
+def test_token_lengths_match_the_collated_masks(tokenizer):
+    texts = ["red circle", "blue square"]
+    feats = {feature_key("text", t): np.ones(4, np.float32) for t in texts}
+    collator = GraphCollator(
+        tokenizer, feats, {}, text_dim=4, image_dim=4, max_text_nodes=2, max_image_nodes=1,
+        max_prompt_tokens=12, max_target_tokens=5,
+    )  # fmt: skip
+    rows = [
+        {"prompt": "a long prompt about the red circle in the first section of the page",
+         "target_text": "the circle is red and round", "text_nodes": texts, "image_paths": []},
+        {"prompt": "short", "target_text": "a star", "text_nodes": texts[:1], "image_paths": []},
+    ]  # fmt: skip
+    inputs = collator(rows)
+    real = (inputs.prompt_mask.sum(1) + inputs.target_mask.sum(1)).tolist()
+    assert collator.token_lengths(rows) == real
+
+
+def test_padding_free_forward_matches_the_masked_path(tiny_backbones, tokenizer):
+    """Graph4MM.forward (real tokens moved to the front, no attention mask) gives the masked
+    layout's target logits; the baselines differ only where the masked layout predicted the
+    first target from a padding soft token."""
+    from test_model import make_model
+
+    for lm_name in ("opt", "llama"):
+        for variant in ("hop_diffused", "mmgl_concat"):
+            model = make_model(tiny_backbones, variant, lm_name).eval()
+            inputs = random_inputs(
+                6,
+                _text_dim(model),
+                _image_dim(model),
+                len(tokenizer),
+                tokenizer.pad_token_id,
+                seed=3,
+            )
+            with torch.no_grad():
+                packed = model(inputs).logits
+                masked = model._masked_target_logits(inputs)
+            real = inputs.target_mask.clone()
+            if variant == "mmgl_concat":
+                real[:, 0] = False  # first target: see the docstring
+            torch.testing.assert_close(packed[real], masked[real], atol=1e-5, rtol=1e-5)
+            # the loss only counts real targets, whatever sits in the padding
+            noisy = copy.deepcopy(inputs)
+            noisy.prompt_ids[~noisy.prompt_mask] = 7
+            noisy.target_ids[~noisy.target_mask] = 9
+            with torch.no_grad():
+                torch.testing.assert_close(model(noisy).loss, model(inputs).loss)
+
+
+def _text_dim(model) -> int:
+    from g4mm.model.encoders import text_feature_dim
+
+    return text_feature_dim(model.lm)
+
+
+def _image_dim(model) -> int:
+    from g4mm.model.encoders import image_feature_dim
+
+    return image_feature_dim(model.vision)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class _Uncompilable:
+    """A stand-in model whose compiled forward fails, like a torch.compile error would."""
+
+    def __init__(self) -> None:
+        self.compiled = False
+        self.calls: list[bool] = []
+
+    def compile_lm(self, enabled: bool = True) -> None:
+        self.compiled = enabled
+        self.calls.append(enabled)
+
+    def __call__(self, inputs):
+        if self.compiled:
+            raise RuntimeError("inductor: backend failed")
+        raise AssertionError("the probe must only run compiled")
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+
+def test_compile_falls_back_to_eager_when_compiling_fails(tokenizer):
+    from g4mm.train.loop import compile_or_fallback
+
+    model, logs = _Uncompilable(), []
+    inputs = random_inputs(2, 4, 4, len(tokenizer), tokenizer.pad_token_id)
+    ok = compile_or_fallback(model, inputs, torch.device("cpu"), "auto", logs.append)
+    assert ok is False and model.calls == [True, False] and not model.compiled
+    assert "torch.compile failed" in logs[0] and "backend failed" in logs[0]
+
+
+def test_build_optimizer_is_foreach_on_cpu(tiny_backbones):
+    from types import SimpleNamespace
+
+    from test_model import make_model
+
+    from g4mm.train.optim import build_optimizer
+
+    cfg = SimpleNamespace(weight_decay=0.01, lr=1e-3, betas=(0.9, 0.95))
+    opt = build_optimizer(make_model(tiny_backbones), cfg, torch.device("cpu"))
+    assert opt.defaults["foreach"] is True and not opt.defaults["fused"]
+
+
+# ------------------------------------------------------------------------------ pipeline
+
+
+@pytest.mark.slow
+def test_pipeline_bench_quick(capsys):
+    import pipeline
+
+    assert pipeline.main(["--quick", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "with 2 CPUs" in out
