@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from g4mm.data.collate import GraphCollator
-from g4mm.data.corpus import ensure_tiny_backbones
+from g4mm.data.corpus import _copy_batch, ensure_tiny_backbones
 from g4mm.data.schema import SAMPLE_SCHEMA, feature_key
 from g4mm.model import load_lm, load_vision
 
@@ -106,6 +107,19 @@ def test_ensure_tiny_backbones_builds_pretrained_lm_once(tmp_path):
     with torch.no_grad():
         loss = lm(**batch, labels=labels).loss.item()
     assert loss < 0.5 * np.log(len(tok)), loss
+    # a directory stamped by an older build recipe is rebuilt, not reused
+    stamp = tmp_path / "backbones" / "tiny-lm" / "g4mm_build.json"
+    stamp.write_text(json.dumps({"version": 1}))
+    assert ensure_tiny_backbones(cfg, corpus, pretrain_steps=5)["lm"] == "built"
+
+
+def test_copy_batch_puts_the_loss_on_the_answer_only():
+    ids, labels, mask = _copy_batch([([1, 5, 6], [7, 2]), ([1, 9], [8, 8, 2])], pad_id=0)
+    assert ids.tolist() == [[1, 5, 6, 7, 2], [1, 9, 8, 8, 2]]
+    assert labels.tolist() == [[-100, -100, -100, 7, 2], [-100, -100, 8, 8, 2]]
+    ids, labels, mask = _copy_batch([([1, 5], [2]), ([1], [3, 4, 2])], pad_id=0)
+    assert ids.tolist() == [[1, 5, 2, 0], [1, 3, 4, 2]] and mask.tolist() == [[1, 1, 1, 0], [1] * 4]
+    assert labels.tolist() == [[-100, -100, 2, -100], [-100, 3, 4, 2]]
 
 
 def test_vision_pretraining_learns_attributes_that_generalise():

@@ -37,6 +37,14 @@ def edges(row: dict, kind: str) -> list[tuple[int, int]]:
     return sorted(zip(row[f"{kind}_edge_src"], row[f"{kind}_edge_dst"], strict=True))
 
 
+def named(row: dict, kind: str) -> tuple[list, set]:
+    """Order-free view of a modality: sorted (node, hop) pairs and the edges between names."""
+    names = row["text_nodes"] if kind == "text" else row["image_paths"]
+    hops = row[f"{kind}_hops"]
+    pairs = sorted(zip(names, hops, strict=True))
+    return pairs, {(names[s], names[d]) for s, d in edges(row, kind)}
+
+
 CFG = DataConfig(tau=2, max_text_nodes=12, max_image_nodes=5)
 
 
@@ -46,16 +54,19 @@ def test_rows_hop_order_target_first_and_local_edges():
     )
     t, a = rows
     assert t["sample_id"] == "toy.src#t"
-    # hop 0: t; hop 1: a; hop 2: c and d, by global index.
-    assert t["text_nodes"] == ["target text", "alpha", "gamma", "delta"]
-    assert t["text_hops"] == [0, 1, 2, 2]
-    assert edges(t, "text") == [(0, 1), (1, 0), (1, 2), (2, 1)]
-    assert t["image_paths"] == ["/img/t.jpg", "/img/b.jpg"] and t["image_hops"] == [0, 1]
-    assert edges(t, "image") == [(0, 1), (1, 0)]
+    # hop 0: t (first: the target's own node); hop 1: a; hop 2: c and d.
+    assert t["text_nodes"][0] == "target text" and t["text_hops"][0] == 0
+    text, text_edges = named(t, "text")
+    assert text == [("alpha", 1), ("delta", 2), ("gamma", 2), ("target text", 0)]
+    assert text_edges == {("target text", "alpha"), ("alpha", "target text"),
+                          ("alpha", "gamma"), ("gamma", "alpha")}  # fmt: skip
+    image, image_edges = named(t, "image")
+    assert image == [("/img/b.jpg", 1), ("/img/t.jpg", 0)] and t["image_paths"][0] == "/img/t.jpg"
+    assert image_edges == {("/img/t.jpg", "/img/b.jpg"), ("/img/b.jpg", "/img/t.jpg")}
     # From a: t and c at hop 1, e at hop 2 (d is 3 hops away); b's image at hop 2.
-    assert a["text_nodes"] == ["alpha", "target text", "gamma", "far"]
-    assert a["text_hops"] == [0, 1, 1, 2]
-    assert a["image_paths"] == ["/img/t.jpg", "/img/b.jpg"] and a["image_hops"] == [1, 2]
+    assert a["text_nodes"][0] == "alpha"
+    assert named(a, "text")[0] == [("alpha", 0), ("far", 2), ("gamma", 1), ("target text", 1)]
+    assert named(a, "image")[0] == [("/img/b.jpg", 2), ("/img/t.jpg", 1)]
     table = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
     assert table.schema == SAMPLE_SCHEMA
 
@@ -68,7 +79,7 @@ def test_image_only_target_and_caps():
     (row,) = rows
     assert row["image_paths"] == ["/img/b.jpg"] and row["image_hops"] == [0]
     assert row["image_edge_src"] == [] and row["image_edge_dst"] == []
-    assert row["text_nodes"] == ["target text", "delta"] and row["text_hops"] == [1, 1]
+    assert named(row, "text")[0] == [("delta", 1), ("target text", 1)]
 
 
 def test_no_images_when_max_image_nodes_is_zero():
@@ -80,6 +91,27 @@ def test_no_images_when_max_image_nodes_is_zero():
     assert row["text_nodes"][0] == "target text"
 
 
+def test_node_order_is_seeded_and_carries_no_hop():
+    """Same sample id + seed -> same order; over many targets the hop-1 nodes are not always
+    placed first (a structure-blind baseline must not be able to read hops off positions)."""
+    ids = [f"n{i}" for i in range(40)]
+    texts = [f"text {i}" for i in range(40)]
+    images = [f"/img/{i}.jpg" for i in range(40)]
+    ring = [(ids[i], ids[(i + 1) % 40], "image-image") for i in range(40)]
+    ring += [(ids[i], ids[(i + 1) % 40], "text-text") for i in range(40)]
+    graph = MultimodalGraph.from_edge_list(ids, texts, images, ring, name="ring")
+    src = SourceGraph(graph=graph, targets=[TargetSpec(i, "train", "P", "T") for i in range(40)],
+                      source="ring")  # fmt: skip
+    rows = build_samples(src, CFG)
+    assert rows == build_samples(src, CFG)  # deterministic
+    other_seed = build_samples(src, DataConfig(tau=2, max_text_nodes=12, max_image_nodes=5, seed=1))
+    assert [r["text_nodes"] for r in rows] != [r["text_nodes"] for r in other_seed]
+    assert all(r["text_hops"][0] == 0 for r in rows)  # the target's own text stays first
+    second_hops = {r["text_hops"][1] for r in rows}
+    first_image_hops = {r["image_hops"][0] for r in rows}
+    assert second_hops == {1, 2} and first_image_hops == {0, 1, 2}
+
+
 def test_node_text_override_only_in_the_targets_own_sample():
     targets = [
         TargetSpec(0, "train", "P", "secret", node_text="redacted"),
@@ -88,7 +120,7 @@ def test_node_text_override_only_in_the_targets_own_sample():
     own, other = build_samples(source(targets), CFG)
     assert own["text_nodes"][0] == "redacted"
     assert "target text" not in own["text_nodes"]
-    assert other["text_nodes"][1] == "target text"
+    assert "target text" in other["text_nodes"][1:]
 
 
 def test_empty_text_skipped_and_counted():

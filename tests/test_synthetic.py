@@ -21,6 +21,7 @@ from g4mm.data.synthetic import (
     PRODUCT_CLASS_NAMES,
     PRODUCT_COLOURS,
     corpus_texts,
+    lm_copy_documents,
     write_synthetic_docs,
     write_synthetic_products,
 )
@@ -243,10 +244,40 @@ def test_answer_image_needs_structure(pages, meta):
 def test_docs_corpus_texts(docs, pages):
     out, _ = docs
     texts = list(corpus_texts(out))
-    assert pages[0][0]["page_title"][0] in texts
+    train = [ctx for ctx, _ in pages if ctx["split"][0] == "train"]
+    assert train[0]["page_title"][0] in texts
     vocab = set().union(*map(_words, texts))
-    assert ATTRIBUTE_WORDS & vocab  # targets carry the attribute words
+    assert ATTRIBUTE_WORDS & vocab  # train targets carry the attribute words
     assert len(vocab) < 400
+    # val / test target sentences never reach the tiny LM's corpus (all pages on request)
+    held_out = {
+        first[0]
+        for ctx, seq in pages
+        if ctx["split"][0] != "train"
+        for first, is_target in zip(seq["section_clean_1st_sentence"],
+                                    seq["is_section_summarization_sample"], strict=True)
+        if is_target[0]
+    }  # fmt: skip
+    assert held_out and not held_out & set(texts)
+    assert held_out <= set(corpus_texts(out, splits=None))
+
+
+def test_lm_copy_documents_hint_names_exactly_what_the_prompt_lacks():
+    docs = lm_copy_documents("synthetic-docs", 200, seed=3)
+    assert docs == lm_copy_documents("synthetic-docs", 200, seed=3)
+    assert docs != lm_copy_documents("synthetic-docs", 200, seed=4)
+    for context, answer in docs:
+        prompt, hint = context.split(" year. ")
+        topic = prompt.split("Section: ")[1].split(".")[0]
+        assert answer == f"the {topic} section {hint}."  # the hint is the answer's tail
+        parent = hint.split()[1]
+        assert parent != topic and parent not in _words(prompt)
+        assert not ATTRIBUTE_WORDS & _words(prompt)  # visual words only in the hint
+    assert len({a for _, a in docs}) == len(docs)  # fresh draws, no repeats
+    for context, answer in lm_copy_documents("synthetic-products", 50, seed=0):
+        assert answer in PRODUCT_CLASS_NAMES and context.endswith(f"Category: {answer}")
+    with pytest.raises(ValueError, match="unknown kind"):
+        lm_copy_documents("wikiweb2m", 1, 0)
 
 
 def test_bad_arguments(tmp_path):

@@ -1,8 +1,10 @@
 """Build the tiny offline backbones from a dataset's own corpus, once, into the artifact dir.
 
 The tokenizer is trained on the corpus, then a small OPT-architecture LM is pretrained briefly
-on it (next-token prediction over packed 64-token chunks), so the frozen LM is a language model
-of the domain rather than random weights. The vision encoder is a small CLIP ViT pretrained
+on it (next-token prediction over packed 64-token chunks) mixed with in-context copy documents
+(loss on the answer only), so the frozen LM is a language model of the domain that can copy
+words from its context, the capability soft prompts steer, rather than random weights.
+The vision encoder is a small CLIP ViT pretrained
 briefly to recognise colour, shape, count and texture on freshly rendered images (never the
 dataset's own images), the role CLIP's pretraining plays for the paper. Both are saved with
 ``save_pretrained`` and then loaded through the backbone registry like any HF checkpoint.
@@ -10,11 +12,12 @@ dataset's own images), the role CLIP's pretraining plays for the paper. Both are
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +37,47 @@ from g4mm.model.tiny import tiny_clip_vision, tiny_opt, train_tokenizer
 
 log = logging.getLogger(__name__)
 
+#: Bump when the build recipe changes: directories stamped with another version are rebuilt
+#: (and, through the encoder digests in the cache key, every preprocessing cache with them).
+BUILD_VERSION = 2
+BUILD_STAMP = "g4mm_build.json"
+#: Copy documents held out of LM pretraining to measure its copy accuracy.
+COPY_PROBE = 50
+
+
+def _copy_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int):
+    """Right-padded ``context + answer`` rows; labels only on the answer tokens."""
+    width = max(len(c) + len(a) for c, a in pairs)
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(pairs), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(pairs), width), dtype=torch.long)
+    for row, (context, answer) in enumerate(pairs):
+        n = len(context) + len(answer)
+        ids[row, :n] = torch.tensor(context + answer)
+        labels[row, len(context) : n] = torch.tensor(answer)
+        mask[row, :n] = 1
+    return ids, labels, mask
+
 
 def pretrain_lm(
     model: torch.nn.Module,
     token_ids: list[int],
-    steps: int = 300,
+    copy_pairs: list[tuple[list[int], list[int]]] | None = None,
+    steps: int = 600,
     seq_len: int = 64,
-    batch_size: int = 32,
-    lr: float = 3e-3,
+    corpus_rows: int = 8,
+    copy_rows: int = 24,
+    lr: float = 5e-3,
     seed: int = 0,
+    pad_id: int = 0,
 ) -> list[float]:
-    """Next-token pretraining on random windows of the packed corpus; returns the losses."""
+    """Next-token pretraining; returns the per-step losses.
+
+    Each step sums two mean losses: ``corpus_rows`` random ``seq_len``-token windows of the
+    packed corpus ``token_ids`` (every token predicted), and ``copy_rows`` in-context copy
+    documents ``(context ids, answer ids)`` with the loss on the answer tokens only, so that
+    the whole signal of those rows goes into copying from the context.
+    """
     data = torch.tensor(token_ids, dtype=torch.long)
     if data.numel() <= seq_len + 1:
         raise ValueError(f"corpus has {data.numel()} tokens: too few to pretrain on")
@@ -54,9 +87,13 @@ def pretrain_lm(
     model.train()
     losses = []
     for _ in range(steps):
-        starts = torch.randint(0, data.numel() - seq_len - 1, (batch_size,), generator=gen)
+        starts = torch.randint(0, data.numel() - seq_len - 1, (corpus_rows,), generator=gen)
         batch = torch.stack([data[s : s + seq_len] for s in starts.tolist()])  # (B, L)
         loss = model(input_ids=batch, labels=batch).loss
+        if copy_pairs:
+            picks = torch.randint(0, len(copy_pairs), (copy_rows,), generator=gen).tolist()
+            ids, labels, mask = _copy_batch([copy_pairs[i] for i in picks], pad_id)
+            loss = loss + model(input_ids=ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -64,6 +101,23 @@ def pretrain_lm(
         schedule.step()
         losses.append(loss.item())
     return losses
+
+
+def copy_accuracy(
+    model: torch.nn.Module, tokenizer: Any, pairs: list[tuple[str, str]], max_new_tokens: int = 24
+) -> float:
+    """Fraction of copy documents whose answer greedy decoding reproduces exactly."""
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for context, answer in pairs:
+            ids = tokenizer(context, return_tensors="pt")["input_ids"]
+            out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+            text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+            correct += text.strip() == answer.strip()
+    return correct / max(1, len(pairs))
 
 
 VISION_TASKS: dict[str, list] = {
@@ -131,7 +185,7 @@ def _atomic_save(target: Path, save) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
         save(tmp)
-        if (target / "config.json").is_file():  # someone else finished first
+        if _is_current_build(target):  # someone else finished first
             return
         if target.exists():
             shutil.rmtree(target)
@@ -141,14 +195,49 @@ def _atomic_save(target: Path, save) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _is_current_build(directory: Path) -> bool:
+    """A complete backbone directory written by this version of the recipe."""
+    stamp = directory / BUILD_STAMP
+    return (
+        (directory / "config.json").is_file()
+        and stamp.is_file()
+        and (json.loads(stamp.read_text()).get("version") == BUILD_VERSION)
+    )
+
+
+def _stamp(path: Path, **info: Any) -> None:
+    (path / BUILD_STAMP).write_text(json.dumps({"version": BUILD_VERSION, **info}, indent=1))
+
+
+def _pack(tokenizer: Any, texts: Iterable[str]) -> list[int]:
+    """``<s> text </s>`` for every text, concatenated."""
+    eos = tokenizer.eos_token_id
+    return [i for text in texts for i in tokenizer(text)["input_ids"] + [eos]]
+
+
+def _copy_ids(tokenizer: Any, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """Tokenised like Graph4MM's LM input: ``<s> context`` then ``answer </s>``."""
+    eos = tokenizer.eos_token_id
+    return [
+        (tokenizer(c)["input_ids"], tokenizer(a, add_special_tokens=False)["input_ids"] + [eos])
+        for c, a in pairs
+    ]
+
+
 def ensure_tiny_backbones(
     cfg: Any,
     corpus: Iterable[str],
-    pretrain_steps: int = 300,
+    pretrain_steps: int = 600,
     image_size: int | None = None,
     vision_steps: int = 200,
+    copy_docs: Sequence[tuple[str, str]] = (),
 ) -> dict[str, str]:
     """Build whichever of the ``tiny`` LM / vision backbones ``cfg.model`` asks for and lacks.
+
+    The LM is pretrained on ``corpus`` mixed with ``copy_docs`` (in-context copy documents,
+    :func:`g4mm.data.synthetic.lm_copy_documents`), which teach it to copy words from its
+    context, the capability soft tokens rely on. A directory built by an older recipe
+    (:data:`BUILD_VERSION`) is rebuilt.
 
     Returns ``{"lm": status, "vision": status}`` with status ``built``, ``cached`` or
     ``not tiny``. ``cfg`` is an ``ExperimentConfig``.
@@ -157,33 +246,39 @@ def ensure_tiny_backbones(
     status = {"lm": "not tiny", "vision": "not tiny"}
     if cfg.model.lm == "tiny":
         lm_dir = root / BACKBONES[("lm", "tiny")].local_subdir
-        if (lm_dir / "config.json").is_file():
+        if _is_current_build(lm_dir):
             status["lm"] = "cached"
         else:
             texts = [t for t in corpus if t and t.strip()]
+            copies = list(copy_docs)
+            held_out = copies[-COPY_PROBE:] if len(copies) > 4 * COPY_PROBE else []
+            train_copies = copies[: len(copies) - len(held_out)]
             start = time.perf_counter()
             torch.manual_seed(cfg.data.seed)
-            tokenizer = train_tokenizer(texts, vocab_size=2000)
+            tokenizer = train_tokenizer(texts + [" ".join(p) for p in train_copies[:5000]])
             model = tiny_opt(tokenizer)
-            ids = [
-                i for text in texts for i in tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
-            ]
-            losses = pretrain_lm(model, ids, steps=pretrain_steps, seed=cfg.data.seed)
+            losses = pretrain_lm(
+                model, _pack(tokenizer, texts), _copy_ids(tokenizer, train_copies),
+                steps=pretrain_steps, seed=cfg.data.seed, pad_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+            accuracy = copy_accuracy(model, tokenizer, held_out) if held_out else None
             model.eval()
 
             def save_lm(path: Path) -> None:
                 model.save_pretrained(path)
                 tokenizer.save_pretrained(path)
+                _stamp(path, steps=pretrain_steps, loss=losses[-1], copy_docs=len(copies),
+                       held_out_copy_accuracy=accuracy)  # fmt: skip
 
             _atomic_save(lm_dir, save_lm)
             log.info(
-                "built tiny LM in %.1fs: %d tokens, loss %.2f -> %.2f",
-                time.perf_counter() - start, len(ids), losses[0], losses[-1],
+                "built tiny LM in %.1fs: loss %.2f -> %.2f, held-out copy accuracy %s",
+                time.perf_counter() - start, losses[0], losses[-1], accuracy,
             )  # fmt: skip
             status["lm"] = "built"
     if cfg.model.vision == "tiny":
         vision_dir = root / BACKBONES[("vision", "tiny")].local_subdir
-        if (vision_dir / "config.json").is_file():
+        if _is_current_build(vision_dir):
             status["vision"] = "cached"
         else:
             torch.manual_seed(cfg.data.seed)
@@ -198,6 +293,7 @@ def ensure_tiny_backbones(
             def save_vision(path: Path) -> None:
                 vision.save_pretrained(path)
                 processor.save_pretrained(path)
+                _stamp(path, steps=vision_steps, train_accuracy=accuracy)
 
             _atomic_save(vision_dir, save_vision)
             status["vision"] = "built"

@@ -1,14 +1,23 @@
 """One :data:`~g4mm.data.schema.SAMPLE_SCHEMA` row per target node of a :class:`SourceGraph`.
 
 For each :class:`~g4mm.data.records.TargetSpec` the tau-hop text subgraph G_t and image
-subgraph G_p are cut with :func:`g4mm.graph.extract_subgraphs` (nodes ordered by hop then
-global index, so the target comes first when it carries the modality; edges in LOCAL indices).
-The target's own text is replaced by ``TargetSpec.node_text`` when set (leak prevention).
+subgraph G_p are cut with :func:`g4mm.graph.extract_subgraphs` (the nearest hops kept under the
+caps), then the kept nodes are put in a seeded random order, the target's own node first when it
+carries the modality, edges remapped to the new LOCAL indices. Hop-sorted order would hand the
+hop of every node to a structure-blind baseline through its position (mmgl_concat feeds node
+tokens to the LM in order), so position carries nothing here; structure lives only in the edges
+(and the hop lists, which only hop-aware variants read). The order depends only on the sample
+id and ``data.seed``. The target's own text is replaced by ``TargetSpec.node_text`` when set
+(leak prevention).
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
+
+import numpy as np
+import torch
 
 from g4mm.config import DataConfig
 from g4mm.data.records import ReadStats, SourceGraph, TargetSpec
@@ -22,6 +31,21 @@ def sample_id(src: SourceGraph, node: int) -> str:
     return f"{src.source}#{src.graph.node_ids[node]}"
 
 
+def _shuffled(
+    sub: ModalitySubgraph, keep_first: bool, rng: np.random.Generator
+) -> ModalitySubgraph:
+    """``sub`` with its nodes in random order (node 0 stays first when ``keep_first``).
+
+    ``order[new] = old``; edges are relabelled with the inverse permutation.
+    """
+    n = sub.num_nodes
+    head = 1 if keep_first and n > 0 else 0
+    order = torch.from_numpy(np.concatenate([np.arange(head), head + rng.permutation(n - head)]))
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(n)
+    return ModalitySubgraph(sub.node_index[order], inverse[sub.edge_index], sub.hops[order])
+
+
 def _edges(sub: ModalitySubgraph) -> tuple[list[int], list[int]]:
     return sub.edge_index[0].tolist(), sub.edge_index[1].tolist()
 
@@ -32,15 +56,19 @@ def _row(src: SourceGraph, target: TargetSpec, cfg: DataConfig) -> dict[str, Any
     subs = extract_subgraphs(
         graph, target.node, cfg.tau, cfg.max_text_nodes, max(1, cfg.max_image_nodes)
     )
-    text_index = subs.text.node_index.tolist()
+    rng = np.random.default_rng([cfg.seed, zlib.crc32(sample_id(src, target.node).encode())])
+    own_text = subs.text.num_nodes > 0 and int(subs.text.node_index[0]) == target.node
+    text_sub = _shuffled(subs.text, keep_first=own_text, rng=rng)
+    image_sub = _shuffled(subs.image, keep_first=False, rng=rng)
+    text_index = text_sub.node_index.tolist()
     text_nodes = [graph.texts[i] or "" for i in text_index]
     if target.node_text is not None and text_index and text_index[0] == target.node:
         text_nodes[0] = target.node_text
-    text_src, text_dst = _edges(subs.text)
+    text_src, text_dst = _edges(text_sub)
     if cfg.max_image_nodes > 0:
-        image_paths = [graph.images[i] or "" for i in subs.image.node_index.tolist()]
-        image_hops = subs.image.hops.tolist()
-        image_src, image_dst = _edges(subs.image)
+        image_paths = [graph.images[i] or "" for i in image_sub.node_index.tolist()]
+        image_hops = image_sub.hops.tolist()
+        image_src, image_dst = _edges(image_sub)
     else:
         image_paths, image_hops, image_src, image_dst = [], [], [], []
     zero_shot = bool(
@@ -56,7 +84,7 @@ def _row(src: SourceGraph, target: TargetSpec, cfg: DataConfig) -> dict[str, Any
         "label": target.label,
         "zero_shot": zero_shot,
         "text_nodes": text_nodes,
-        "text_hops": subs.text.hops.tolist(),
+        "text_hops": text_sub.hops.tolist(),
         "text_edge_src": text_src,
         "text_edge_dst": text_dst,
         "image_paths": image_paths,

@@ -80,6 +80,7 @@ __all__ = [
     "PRODUCT_CLASS_NAMES",
     "SHAPES",
     "corpus_texts",
+    "lm_copy_documents",
     "random_render_attributes",
     "render_image",
     "write_synthetic_docs",
@@ -842,11 +843,13 @@ def _save_product_files(
 # --------------------------------------------------------------------------------- corpus
 
 
-def _doc_texts(out: Path) -> Iterator[str]:
-    """Every text field of every page in the docs shards (file order)."""
+def _doc_texts(out: Path, splits: Sequence[str] | None) -> Iterator[str]:
+    """Every text field of every page of ``splits`` (all when None) in the docs shards."""
     for shard in sorted(out.glob("wikiweb2m-*.tfrecord*")):
         for record in iter_tfrecords(shard):
             context, seq = parse_sequence_example(record)
+            if splits is not None and context.get("split", [None])[0] not in splits:
+                continue
             for key in ("page_title", "clean_page_description"):
                 yield from context.get(key, [])
             for key in (
@@ -871,11 +874,15 @@ def _product_texts(out: Path) -> Iterator[str]:
         yield from json.loads(names.read_text())
 
 
-def corpus_texts(out_dir: str | os.PathLike[str]) -> Iterator[str]:
-    """All texts of a synthetic dataset written by this module (e.g. to train a tokenizer).
+def corpus_texts(
+    out_dir: str | os.PathLike[str], splits: Sequence[str] | None = ("train",)
+) -> Iterator[str]:
+    """The texts of a synthetic dataset written by this module: the tiny backbones' corpus.
 
-    Docs: page titles and descriptions, section titles, first and rest sentences, captions.
-    Products: raw texts and class names.
+    Docs: page titles and descriptions, section titles, first and rest sentences, captions of
+    the pages in ``splits`` (default train only: val/test target sentences never reach the
+    frozen LM; ``None`` = every page). Products: raw texts of all nodes (inputs, not targets)
+    and the class names.
 
     Raises:
         ValueError: if ``out_dir`` holds neither dataset.
@@ -884,7 +891,54 @@ def corpus_texts(out_dir: str | os.PathLike[str]) -> Iterator[str]:
     meta = out / "synthetic.json"
     kind = json.loads(meta.read_text()).get("kind") if meta.exists() else None
     if kind == "synthetic-docs" or (kind is None and any(out.glob("wikiweb2m-*.tfrecord*"))):
-        return _doc_texts(out)
+        return _doc_texts(out, splits)
     if kind == "synthetic-products" or (kind is None and any(out.glob("*-raw-text.jsonl"))):
         return _product_texts(out)
     raise ValueError(f"{out}: no synthetic dataset (no synthetic.json, shards or raw-text file)")
+
+
+# ------------------------------------------------------------------- LM copy documents
+
+
+def _docs_copy_document(rng: np.random.Generator) -> tuple[str, str]:
+    """(``<prompt> <hint>``, ``<target>``) for a fresh random section (never a dataset page)."""
+    topic, parent, page_of = (str(t) for t in rng.choice(_TOPICS, size=3, replace=False))
+    sec = _Section(parent=-1, depth=1, topic=topic)
+    prompt = (
+        f"Page: the {rng.choice(_PAGE_TOPICS)} of the {page_of}. Section: {topic}. "
+        + _rest_sentence(sec, rng)
+    )
+    attrs = _random_attrs(rng)
+    target = target_sentence(topic, parent, attrs)
+    hint = target[target.index(" under ") + 1 : -1]  # "under <parent> shows <count> ..."
+    return f"{prompt} {hint}", target
+
+
+def _products_copy_document(rng: np.random.Generator) -> tuple[str, str]:
+    """(``Product: <text>. Category: <hint>``, ``<class name>``) with a random class name."""
+    name = str(rng.choice(PRODUCT_CLASS_NAMES))
+    text = _product_text(int(rng.integers(len(_PRODUCT_NOUNS))), rng)
+    return f"Product: {text.rstrip('.')}. Category: {name}", name
+
+
+def lm_copy_documents(kind: str, n: int, seed: int) -> list[tuple[str, str]]:
+    """``n`` in-context copy documents ``(context, answer)`` in the format of ``kind``'s LM
+    inputs.
+
+    The context is a prompt as the sample builder writes it followed by a *hint* (the words the
+    answer needs that the prompt lacks, where Graph4MM inserts its soft tokens); the answer is
+    the target text, with attributes drawn afresh (no dataset page or product). Pretraining the
+    tiny LM on them (loss on the answer only) gives it the in-context copying a pretrained OPT
+    brings: a frozen LM that cannot read words from
+    its context cannot be steered by soft tokens either, and every variant would collapse to
+    the prior. The hint is the only source of the parent topic and of the visual words, so the
+    LM learns to copy them, not to guess them.
+    """
+    rng = np.random.default_rng([seed, 7])
+    if kind == "synthetic-docs":
+        return [_docs_copy_document(rng) for _ in range(n)]
+    if kind == "synthetic-products":
+        return [_products_copy_document(rng) for _ in range(n)]
+    raise ValueError(
+        f"lm_copy_documents: unknown kind {kind!r} (synthetic-docs|synthetic-products)"
+    )

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from g4mm.config import ExperimentConfig
-from g4mm.model.backbones import BackboneNotFoundError, resolve_backbone
 
 __all__ = [
     "DONE",
@@ -40,7 +39,7 @@ __all__ = [
 ]
 
 DONE = "DONE"
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: node order shuffled in the sample builder
 #: DataConfig fields that never change the produced shards.
 _NON_CONTENT_FIELDS = frozenset({"num_blocks", "artifact_dir"})
 _SMALL_FILE = 64 * 1024**2  # content-hash files up to this size, else size + mtime
@@ -90,6 +89,8 @@ def source_fingerprint(cfg: ExperimentConfig) -> dict[str, Any]:
 
 def _backbone_fingerprint(name: str, kind: str, artifact_dir: str) -> dict[str, Any] | None:
     """Name + digests of a local backbone's files; None when a local backbone isn't built."""
+    from g4mm.model.backbones import BackboneNotFoundError, resolve_backbone  # torch: lazily
+
     try:
         source = resolve_backbone(name, kind, artifact_dir)  # type: ignore[arg-type]
     except BackboneNotFoundError:

@@ -31,7 +31,6 @@ import pyarrow.compute as pc
 import ray
 
 from g4mm.config import DataConfig, ExperimentConfig
-from g4mm.data.records import ReadStats
 from g4mm.pipeline import sources
 from g4mm.pipeline.cache import (
     cache_key,
@@ -48,6 +47,8 @@ __all__ = ["REPORT_NAME", "run_preprocess"]
 REPORT_NAME = "report.json"
 _EMBED_BATCH = 64
 _SYNTHETIC_READER = {"synthetic-docs": "wikiweb2m", "synthetic-products": "mmgraph"}
+#: In-context copy documents mixed into the tiny LM's pretraining (synthetic datasets).
+COPY_DOCUMENTS = 20_000
 
 
 class _Progress:
@@ -110,6 +111,8 @@ def _ensure_raw(cfg: ExperimentConfig, output_dir: Path) -> DataConfig:
 
 def _read_and_build(cfg: ExperimentConfig, data_cfg: DataConfig) -> tuple[ray.data.Dataset, dict]:
     """Sample rows (+ bookkeeping columns), materialized, and the merged read stats."""
+    from g4mm.data.records import ReadStats  # torch: not at import (workers import this module)
+
     num_blocks = max(1, cfg.data.num_blocks)
     if data_cfg.dataset == "wikiweb2m":
         assert data_cfg.input is not None
@@ -204,14 +207,15 @@ def _unique_values(rows: ray.data.Dataset) -> tuple[list[str], list[str]]:
 
 
 def _corpus(rows: ray.data.Dataset, texts: list[str]) -> list[str]:
-    """Node texts + prompts + targets: the tiny tokenizer / LM's training corpus."""
+    """Node texts + prompts + TRAIN targets: the tiny tokenizer / LM's training corpus (val and
+    test targets never reach the frozen LM)."""
     corpus = list(texts)
-    for batch in rows.select_columns(["prompt", "target_text", "_is_sample"]).iter_batches(
-        batch_format="pyarrow"
-    ):
+    columns = ["prompt", "target_text", "_is_sample", "split"]
+    for batch in rows.select_columns(columns).iter_batches(batch_format="pyarrow"):
         batch = batch.filter(batch.column("_is_sample"))
-        for col in ("prompt", "target_text"):
-            corpus.extend(v for v in batch.column(col).to_pylist() if v)
+        corpus.extend(v for v in batch.column("prompt").to_pylist() if v)
+        batch = batch.filter(pc.equal(batch.column("split"), "train"))
+        corpus.extend(v for v in batch.column("target_text").to_pylist() if v)
     return corpus
 
 
@@ -223,13 +227,13 @@ def _build_backbones(
     from g4mm.data.corpus import ensure_tiny_backbones
 
     if cfg.data.dataset in _SYNTHETIC_READER:
-        from g4mm.data.synthetic import corpus_texts
+        from g4mm.data.synthetic import corpus_texts, lm_copy_documents
 
         assert data_cfg.input is not None
-        corpus = list(corpus_texts(data_cfg.input))
-    else:
-        corpus = _corpus(rows, texts)
-    return ensure_tiny_backbones(cfg, corpus)
+        corpus = list(corpus_texts(data_cfg.input, splits=("train",)))
+        copies = lm_copy_documents(cfg.data.dataset, COPY_DOCUMENTS, cfg.data.seed)
+        return ensure_tiny_backbones(cfg, corpus, copy_docs=copies)
+    return ensure_tiny_backbones(cfg, _corpus(rows, texts))
 
 
 # ---------------------------------------------------------------------------------- embed
