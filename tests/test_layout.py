@@ -27,9 +27,16 @@ def test_library_parts_do_not_import_ray(package):
     [
         ["jobs/train.py"],
         ["jobs/preprocess.py"],
+        ["jobs/evaluate.py"],
+        ["tuning/search.py"],
+        ["cluster/simulate.py"],
         ["bench/oversmoothing.py"],
         ["bench/pipeline.py"],
         ["bench/gpu_check.py"],
+        ["bench/gpu_all.py"],
+        ["bench/train_step.py"],
+        ["bench/diffusion.py"],
+        ["bench/generate.py"],
         ["-m", "g4mm.model.tiny"],
     ],
 )
