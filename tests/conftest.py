@@ -81,3 +81,26 @@ def random_inputs(
         target_ids=target_ids,
         target_mask=target_mask,
     )
+
+
+@pytest.fixture(scope="session")
+def artifact_dir(tmp_path_factory) -> str:
+    """One artifact dir (tiny backbones + <dir>/prep cache) for the whole pytest session.
+
+    The tiny backbones are built here, briefly pretrained on the synthetic corpus (the jobs
+    pretrain them longer; the tests need them loadable and deterministic only).
+    """
+    from g4mm.config import load_config
+    from g4mm.data.corpus import ensure_tiny_backbones
+    from g4mm.data.synthetic import corpus_texts, write_synthetic_docs
+    from g4mm.pipeline.cache import cache_key
+
+    path = tmp_path_factory.getbasetemp() / "g4mm-shared-artifacts"
+    cfg = load_config("smoke", [f"data.artifact_dir={path}"])
+    if cache_key(cfg) is None:  # backbones not built yet in this session
+        raw = tmp_path_factory.mktemp("corpus")
+        d = cfg.data
+        write_synthetic_docs(raw, num_pages=d.num_pages, image_size=d.image_size, seed=d.seed)
+        ensure_tiny_backbones(cfg, corpus_texts(raw), pretrain_steps=40, vision_steps=20)
+    assert cache_key(cfg) is not None
+    return str(path)

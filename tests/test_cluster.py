@@ -245,23 +245,6 @@ def test_autoscaling_simulation_scales_up_queues_and_scales_down(tmp_path):
 # ----------------------------------------------------------------------------- storage
 
 
-@pytest.fixture(scope="module")
-def artifact_dir(tmp_path_factory) -> str:
-    """The session's shared artifact dir (same path and build as in tests/test_train.py)."""
-    from g4mm.data.corpus import ensure_tiny_backbones
-    from g4mm.data.synthetic import corpus_texts, write_synthetic_docs
-    from g4mm.pipeline.cache import cache_key
-
-    path = tmp_path_factory.getbasetemp() / "g4mm-shared-artifacts"
-    cfg = load_config("smoke", [f"data.artifact_dir={path}"])
-    if cache_key(cfg) is None:
-        raw = tmp_path_factory.mktemp("corpus")
-        d = cfg.data
-        write_synthetic_docs(raw, num_pages=d.num_pages, image_size=d.image_size, seed=d.seed)
-        ensure_tiny_backbones(cfg, corpus_texts(raw), pretrain_steps=40, vision_steps=20)
-    return str(path)
-
-
 def test_storage_path_resolution_and_copy(tmp_path, monkeypatch):
     from g4mm.train.run_dir import copy_run_dir, resolve_storage_path
 

@@ -10,80 +10,34 @@ its temp dir, and their descendants) are terminated by PID.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack, suppress
 from pathlib import Path
 
 import pytest
 
-from g4mm.config import load_config
-
 ROOT = Path(__file__).resolve().parents[1]
-ray = pytest.importorskip("ray")
-psutil = pytest.importorskip("psutil")
 BIN = Path(sys.executable).parent  # `ray` and the `python` the job's entrypoint runs
 
 
-def free_ports(n: int) -> list[int]:
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
+def _load_cluster_tools():
+    """cluster/simulate.py's port and process helpers (one copy for both cluster tests)."""
+    path = ROOT / "cluster" / "simulate.py"
+    spec = importlib.util.spec_from_file_location("g4mm_cluster_simulate", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-@pytest.fixture(scope="module")
-def artifact_dir(tmp_path_factory) -> str:
-    """The session's shared artifact dir (same path and build as in tests/test_train.py)."""
-    from g4mm.data.corpus import ensure_tiny_backbones
-    from g4mm.data.synthetic import corpus_texts, write_synthetic_docs
-    from g4mm.pipeline.cache import cache_key
-
-    path = tmp_path_factory.getbasetemp() / "g4mm-shared-artifacts"
-    cfg = load_config("smoke", [f"data.artifact_dir={path}"])
-    if cache_key(cfg) is None:
-        raw = tmp_path_factory.mktemp("corpus")
-        d = cfg.data
-        write_synthetic_docs(raw, num_pages=d.num_pages, image_size=d.image_size, seed=d.seed)
-        ensure_tiny_backbones(cfg, corpus_texts(raw), pretrain_steps=40, vision_steps=20)
-    return str(path)
-
-
-def _cluster_processes(temp_dir: str) -> list[psutil.Process]:
-    """This cluster's processes: every process whose command line names its temp dir, plus
-    their descendants (workers, job drivers)."""
-    found: dict[int, psutil.Process] = {}
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(temp_dir in arg for arg in proc.info["cmdline"] or ()):
-                found[proc.pid] = proc
-                for child in proc.children(recursive=True):
-                    found[child.pid] = child
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    found.pop(os.getpid(), None)
-    return list(found.values())
-
-
-def _stop_cluster(temp_dir: str) -> None:
-    procs = _cluster_processes(temp_dir)
-    for proc in procs:
-        with suppress(psutil.NoSuchProcess):
-            proc.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=15)
-    for proc in alive:
-        with suppress(psutil.NoSuchProcess):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=10)
+_tools = _load_cluster_tools()
+free_ports, _stop_cluster = _tools.free_ports, _tools.stop_cluster
 
 
 @pytest.fixture(scope="module")

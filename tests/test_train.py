@@ -57,28 +57,6 @@ def tail(proc: subprocess.CompletedProcess, n: int = 4000) -> str:
 
 
 @pytest.fixture(scope="module")
-def artifact_dir(tmp_path_factory) -> str:
-    """One artifact dir (tiny backbones + <dir>/prep cache) for the whole pytest session.
-
-    The tiny backbones are built here, briefly pretrained on the synthetic corpus (the jobs
-    would pretrain them for minutes; the tests need them loadable and deterministic only).
-    """
-    from g4mm.data.corpus import ensure_tiny_backbones
-    from g4mm.data.synthetic import corpus_texts, write_synthetic_docs
-    from g4mm.pipeline.cache import cache_key
-
-    path = tmp_path_factory.getbasetemp() / "g4mm-shared-artifacts"
-    cfg = load_config("smoke", [f"data.artifact_dir={path}"])
-    if cache_key(cfg) is None:  # backbones not built yet in this session
-        raw = tmp_path_factory.mktemp("corpus")
-        d = cfg.data
-        write_synthetic_docs(raw, num_pages=d.num_pages, image_size=d.image_size, seed=d.seed)
-        ensure_tiny_backbones(cfg, corpus_texts(raw), pretrain_steps=40, vision_steps=20)
-    assert cache_key(cfg) is not None
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def trained(artifact_dir, tmp_path_factory):
     """``python jobs/train.py --config smoke --output RUN`` through Ray Train, once."""
     run = tmp_path_factory.mktemp("train") / "run"

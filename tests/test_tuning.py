@@ -101,23 +101,6 @@ def committed_keys(prep_root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def artifact_dir(tmp_path_factory) -> str:
-    """The session's shared artifact dir (same path and build as in tests/test_train.py)."""
-    from g4mm.data.corpus import ensure_tiny_backbones
-    from g4mm.data.synthetic import corpus_texts, write_synthetic_docs
-    from g4mm.pipeline.cache import cache_key
-
-    path = tmp_path_factory.getbasetemp() / "g4mm-shared-artifacts"
-    cfg = load_config("smoke", [f"data.artifact_dir={path}"])
-    if cache_key(cfg) is None:
-        raw = tmp_path_factory.mktemp("corpus")
-        d = cfg.data
-        write_synthetic_docs(raw, num_pages=d.num_pages, image_size=d.image_size, seed=d.seed)
-        ensure_tiny_backbones(cfg, corpus_texts(raw), pretrain_steps=40, vision_steps=20)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def prep_root(tmp_path_factory) -> Path:
     """A preprocess cache root of this module's own: empty before the first search."""
     return tmp_path_factory.mktemp("tune-prep")

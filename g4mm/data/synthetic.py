@@ -43,8 +43,9 @@ only image at hop 1, and in the image subgraph it is the only node adjacent to e
 image (IMAGE_IMAGE edges join it to its parent's and children's images, which are not joined to
 each other). (3) Likewise ``P`` is the only hop-1 text node with further text neighbours
 (children of ``T`` are leaves), so naming the parent topic also needs structure.
-Caveat for baselines: the sample builder orders nodes by (hop, index), so node *order* alone
-encodes hop; a structure-blind baseline must not read node positions.
+Node order carries no hop: the sample builder puts each sample's neighbours in a seeded random
+order (the target's own text first), so a structure-blind baseline that reads node positions
+(mmgl_concat feeds node tokens to the LM in order) learns nothing from them.
 
 **Products task.** Each product's image shows a colour family (crimson, azure, golden, emerald,
 with shade jitter) and a shape from a group (round: circle/ring; angular: square/triangle).
