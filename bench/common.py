@@ -67,11 +67,18 @@ def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int
 def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 10) -> float:
     """Measured dense matmul rate (TFLOP/s) of an ``n x n @ n x n`` product in ``dtype``: the
     denominator of every MFU this repo prints (measured in the same run, never a datasheet)."""
+    return gemm_tflops(device, dtype, n, n, n, repeats)
+
+
+def gemm_tflops(
+    device: torch.device, dtype: torch.dtype, m: int, k: int, n: int, repeats: int = 10
+) -> float:
+    """Measured rate (TFLOP/s) of one ``(m, k) @ (k, n)`` product in ``dtype`` (2 m k n FLOPs)."""
     gen = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
-    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    a = torch.randn(m, k, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(k, n, device=device, dtype=dtype, generator=gen)
     seconds = timed(lambda: a @ b, device, repeats, warmup=2)
-    return 2 * n**3 / seconds / 1e12
+    return 2 * m * k * n / seconds / 1e12
 
 
 def load_path(path: str | Path, name: str) -> ModuleType:

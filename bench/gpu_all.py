@@ -72,6 +72,10 @@ def train_rows(args: argparse.Namespace, gpu: bool) -> list[list[Any]]:
     meta = result["meta"]
     out = [["train_step", "matmul peak (measured)", f"{meta['peak_tflops']:.3g} TFLOP/s "
             f"{meta['peak_dtype'][6:]}", "", "info"]]  # fmt: skip
+    for gemm, rate in meta.get("lm_gemm_tflops", {}).items():
+        out.append(["train_step", f"LM matmul {gemm} (b={ts_args.batch[0]}, measured)",
+                    f"{rate:.3g} TFLOP/s = {rate / meta['peak_tflops']:.0%} of peak", "",
+                    "info"])  # fmt: skip
     syncs = meta.get("host_syncs_per_step")
     if syncs is not None:
         out.append(["train_step", "host syncs per optimizer step (sync debug mode)", f"{syncs:g}",

@@ -62,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     cpu_threads,
     device_label,
+    gemm_tflops,
     load_path,
     matmul_tflops,
     pick_device,
@@ -73,7 +74,7 @@ from g4mm.config import ExperimentConfig
 from g4mm.data.collate import length_bucketed_batches
 from g4mm.model import Graph4MM, build_adapter
 from g4mm.model.inputs import Graph4MMInputs, ModalityInputs
-from g4mm.train.loop import train_loop
+from g4mm.train.loop import frozen_dtype_for, train_loop
 
 DEFAULT_ANCHOR = Path(__file__).resolve().parents[2] / "shared/anchors/official_shaped_step.py"
 HEADERS = [
@@ -214,13 +215,39 @@ def make_batches(kind: str, batch: int, count: int, shape: Shape, seed: int = 0)
     return [make_batch(p, t, shape, gen) for p, t in sizes]
 
 
-def step_config(steps: int, compile_lm: bool) -> ExperimentConfig:
+def step_config(
+    steps: int, compile_lm: bool, compile_adapter: bool = False, compile_mode: str = "default"
+) -> ExperimentConfig:
     cfg = ExperimentConfig()
     t = cfg.train
     t.max_steps, t.eval_every, t.warmup_steps, t.grad_accum = steps, steps, 50, 1
     t.lr, t.weight_decay, t.betas, t.grad_clip = 1e-4, 0.01, (0.9, 0.95), 1.0
-    t.precision, t.compile = "auto", compile_lm
+    t.precision, t.compile, t.compile_adapter = "auto", compile_lm, compile_adapter
+    t.compile_mode = compile_mode
     return cfg
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One "ours" row: batch lengths, what is compiled, and the frozen LM's storage dtype
+    (``auto`` = what training uses: bf16 on CUDA, fp32 on CPU)."""
+
+    kind: str
+    compile_lm: bool = False
+    compile_adapter: bool = False
+    frozen: str = "auto"
+    compile_mode: str = "default"
+
+    @property
+    def name(self) -> str:
+        name = "ours"
+        if self.compile_lm:
+            name += " + compile LM" + (" + adapter" if self.compile_adapter else "")
+            if self.compile_mode != "default":
+                name += f" ({self.compile_mode})"
+        if self.frozen == "fp32":
+            name += ", frozen LM fp32 (autocast casts)"
+        return name
 
 
 def time_ours(
@@ -229,26 +256,28 @@ def time_ours(
     device: torch.device,
     steps: int,
     warmup: int,
-    compile_lm: bool = False,
+    plan: Plan,
 ) -> dict[str, Any]:
     """Seconds of ``steps`` optimizer steps of ``train_loop`` (after ``warmup`` steps of a
-    first ``train_loop`` call, which also compiles when asked)."""
+    first ``train_loop`` call, which also compiles when asked), the frozen LM stored as
+    training stores it (:func:`g4mm.train.loop.frozen_dtype_for`)."""
     notes: list[str] = []
 
     def run(n: int, compile_now: bool) -> None:
         train_loop(
             model=model,
             batches=itertools.cycle(batches),
-            cfg=step_config(n, compile_now),
+            cfg=step_config(n, compile_now, plan.compile_adapter, plan.compile_mode),
             device=device,
             report=lambda metrics, state: None,
             log=notes.append,
         )
 
     model.compile_lm(False)
+    model.cast_frozen(frozen_dtype_for(device, "auto", plan.frozen))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    run(warmup, compile_lm)
+    run(warmup, plan.compile_lm)
     sync(device)
     start = time.perf_counter()
     run(steps, False)  # a compiled body stays compiled
@@ -267,6 +296,7 @@ def time_ours(
     compiled = model.__dict__.get("_compiled_body") is not None
     note = [m for m in notes if "compile" in m]
     model.compile_lm(False)
+    model.cast_frozen(torch.float32)
     return {
         "seconds": seconds,
         "samples": samples,
@@ -348,9 +378,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     full_flops = lm_train_flops(config, max_tokens, shape.target_tokens)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = matmul_tflops(device, dtype, 8192 if device.type == "cuda" else 1024)
+    # the LM's own matmuls at the first batch size, full length: (b L, d) @ (d, d) for Q, K,
+    # V, O and (b L, d) @ (d, f), (b L, f) @ (f, d) for the FFN; a ceiling on MFU at this shape
+    rows_m, d, f = args.batch[0] * max_tokens, config.hidden_size, config.ffn_dim
+    gemm = {
+        f"{rows_m}x{k}x{n}": gemm_tflops(device, dtype, rows_m, k, n, 20)
+        for k, n in ((d, d), (d, f), (f, d))
+    }
     meta = {
         "device": device_label(device),
         "peak_tflops": peak,
+        "lm_gemm_tflops": gemm,
         "peak_dtype": str(dtype),
         "lm_flops_full_sample": full_flops,
         "shape": shape.__dict__,
@@ -399,36 +437,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"host syncs per optimizer step (cuda sync debug mode): {syncs:g}", flush=True)
     variants = ["full", "bucketed", "random"] if args.variable else ["full"]
     for b in args.batch:
-        plans = [(kind, False, False) for kind in variants]
+        plans = [Plan(kind) for kind in variants]
         if b == args.batch[0]:
             if args.compile:
-                plans.append(("full", True, False))
-            if args.bf16_lm:
-                plans.append(("full", False, True))
-        for kind, compile_lm, bf16_lm in plans:
-            batches = make_batches(kind, b, args.batches, shape)
-            if bf16_lm:  # frozen weights stored in bf16: no per-step casts, bf16 residual stream
-                model.lm.to(torch.bfloat16)
+                mode = args.compile_mode
+                plans += [
+                    Plan("full", compile_lm=True, compile_mode=mode),
+                    Plan("full", True, compile_adapter=True, compile_mode=mode),
+                ]
+            if args.fp32_lm:
+                plans.append(Plan("full", frozen="fp32"))
+        for plan in plans:
+            batches = make_batches(plan.kind, b, args.batches, shape)
             try:
-                res = time_ours(model, batches, device, args.steps, args.warmup, compile_lm)
-            finally:
-                model.lm.float()
+                res = time_ours(model, batches, device, args.steps, args.warmup, plan)
+            except Exception as err:  # one failing variant (a compile mode, OOM) is a row
+                model.compile_lm(False)
+                model.cast_frozen(torch.float32)
+                note = f"failed: {type(err).__name__}: {err}"[:160]
+                rows.append({"step": plan.name, "batch": b, "kind": plan.kind, "note": note})
+                print(f"{plan.name} b={b} {plan.kind}: {note}", flush=True)
+                continue
             samples_s = res["samples"] / res["seconds"]
-            name = (
-                "ours" + (" + compile" if compile_lm else "") + (", LM in bf16" if bf16_lm else "")
-            )
             lengths = {
                 "full": f"full {max_tokens}",
                 "bucketed": "variable, bucketed",
                 "random": "variable, random batches",
-            }[kind]
-            fill = res["tokens"] / res["padded_tokens"] if kind != "full" else None
+            }[plan.kind]
+            fill = res["tokens"] / res["padded_tokens"] if plan.kind != "full" else None
             note = res["note"] or (f"{fill:.0%} of padded tokens real" if fill else "")
-            if compile_lm and not res["compiled"]:
+            if plan.compile_lm and not res["compiled"]:
                 note = "compile FAILED, eager: " + note
             rows.append(
                 {
-                    "step": name,
+                    "step": plan.name,
                     "batch": b,
                     "lengths": lengths,
                     "samples_s": samples_s,
@@ -436,16 +478,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "tflops": res["flops"] / res["seconds"] / 1e12,
                     "peak_gib": res["peak_gib"],
                     "note": note,
-                    "kind": kind,
+                    "kind": plan.kind,
                     "compiled": res["compiled"],
                 }
             )
-            print(f"{name} b={b} {kind}: {samples_s:.1f} samples/s", flush=True)
+            print(f"{plan.name} b={b} {plan.kind}: {samples_s:.1f} samples/s", flush=True)
             del batches
     for row in rows:
         if row.get("tflops") is not None:
             row["mfu"] = row["tflops"] / peak
-        if row["step"] != "official-shaped fp32" and official.get(row["batch"]):
+        if (
+            row["step"] != "official-shaped fp32"
+            and official.get(row["batch"])
+            and row.get("samples_s") is not None
+        ):
             row["x_official"] = row["samples_s"] / official[row["batch"]]
     return {"meta": meta, "rows": rows}
 
@@ -490,11 +536,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-variable", dest="variable", action="store_false", help="only the full-length rows"
     )
-    p.add_argument("--compile", action="store_true", help="add a torch.compile row (1st batch)")
     p.add_argument(
-        "--bf16-lm",
+        "--compile",
         action="store_true",
-        help="add a row with the frozen LM stored in bf16 (1st batch; CUDA default)",
+        help="add torch.compile rows: LM, LM + adapter (1st batch)",
+    )
+    p.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode of the compile rows (reduce-overhead = CUDA graphs)",
+    )
+    p.add_argument("--no-fp32-lm", action="store_true", help="skip the frozen-LM-fp32 row")
+    p.add_argument(
+        "--fp32-lm",
+        action="store_true",
+        help="add a row with the frozen LM kept in fp32 under autocast (1st batch; CUDA default)",
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: see common)")
@@ -508,7 +565,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     args.steps = args.steps or (8 if quick else 20)
     args.warmup = args.warmup or (1 if quick else 3)
     args.official_steps = args.official_steps or (3 if quick else 10)
-    args.bf16_lm = args.bf16_lm or (torch.cuda.is_available() and args.device != "cpu")
+    on_cuda = torch.cuda.is_available() and args.device != "cpu"
+    args.fp32_lm = (args.fp32_lm or on_cuda) and not args.no_fp32_lm
     if quick:
         args.batches = min(args.batches, 4)
     return args

@@ -103,6 +103,9 @@ LOSS_METRICS: tuple[str, ...] = ("loss", "val_loss")
 DIFFUSION_IMPLS: tuple[str, ...] = ("dense", "sparse")
 GNN_TYPES: tuple[str, ...] = ("gcn", "gat")
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
+COMPILE_MODES: tuple[str, ...] = (
+    "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs",
+)  # fmt: skip
 USE_GPU_CHOICES: tuple[str, ...] = ("auto", "true", "false")
 TUNE_MODES: tuple[str, ...] = ("max", "min")
 TRIAL_RUNNERS: tuple[str, ...] = ("auto", "in_process", "ray_train")
@@ -235,7 +238,13 @@ class TrainConfig:
         storage_path: Ray Train storage path (shared filesystem / bucket) or None for local.
         max_failures: worker-group restarts tolerated (-1 = unlimited, as in Ray).
         num_to_keep: checkpoints kept.
-        compile: wrap the trained modules in ``torch.compile``.
+        compile: run the frozen LM body through ``torch.compile`` (eager fallback on failure).
+        compile_adapter: with ``compile``, compile the adapter too.
+        compile_mode: ``torch.compile`` mode: ``"default"``, ``"reduce-overhead"`` (CUDA
+            graphs: no per-kernel launch cost, one graph recorded per sequence shape, so for
+            fixed or few lengths), ``"max-autotune"``, ``"max-autotune-no-cudagraphs"``.
+        frozen_dtype: storage dtype of the frozen backbones: ``"auto"`` (bf16 when training
+            under bf16 autocast on a GPU, else fp32), ``"bf16"``, ``"fp32"``.
     """
 
     seed: int = 0
@@ -257,6 +266,9 @@ class TrainConfig:
     max_failures: int = 2
     num_to_keep: int = 2
     compile: bool = False
+    compile_adapter: bool = False
+    compile_mode: str = "default"
+    frozen_dtype: str = "auto"
 
 
 @dataclass
@@ -816,6 +828,8 @@ class ExperimentConfig:
         if not t.grad_clip >= 0:
             errors.append(f"train.grad_clip = {t.grad_clip!r}: must be >= 0 (0 disables)")
         choice("train.precision", t.precision, PRECISIONS)
+        choice("train.frozen_dtype", t.frozen_dtype, PRECISIONS)
+        choice("train.compile_mode", t.compile_mode, COMPILE_MODES)
         nonempty("train.output_dir", t.output_dir)
         nonempty("train.storage_path", t.storage_path)
         at_least("train.max_failures", t.max_failures, -1)

@@ -243,7 +243,7 @@ class _Uncompilable:
         self.compiled = False
         self.calls: list[bool] = []
 
-    def compile_lm(self, enabled: bool = True) -> None:
+    def compile_lm(self, enabled: bool = True, adapter: bool = False, **options) -> None:
         self.compiled = enabled
         self.calls.append(enabled)
 
@@ -264,6 +264,73 @@ def test_compile_falls_back_to_eager_when_compiling_fails(tokenizer):
     ok = compile_or_fallback(model, inputs, torch.device("cpu"), "auto", logs.append)
     assert ok is False and model.calls == [True, False] and not model.compiled
     assert "torch.compile failed" in logs[0] and "backend failed" in logs[0]
+
+
+@pytest.mark.parametrize(
+    ("device", "precision", "frozen", "expected"),
+    [
+        ("cuda", "auto", "auto", torch.bfloat16),
+        ("cuda", "bf16", "auto", torch.bfloat16),
+        ("cuda", "fp32", "auto", torch.float32),
+        ("cuda", "auto", "fp32", torch.float32),
+        ("cpu", "auto", "auto", torch.float32),
+        ("cpu", "fp32", "bf16", torch.bfloat16),
+    ],
+)
+def test_frozen_dtype_follows_autocast(device, precision, frozen, expected):
+    from g4mm.train.loop import frozen_dtype_for
+
+    assert frozen_dtype_for(torch.device(device), precision, frozen) == expected
+
+
+def test_training_with_bf16_frozen_lm_moves_only_the_fp32_adapter(tiny_backbones, tokenizer):
+    """``train.frozen_dtype=bf16``: the LM is stored and run in bf16, the adapter keeps fp32
+    master weights and is the only thing that changes; the loss stays finite."""
+    from test_model import batch_for, make_model
+
+    from g4mm.config import ExperimentConfig
+    from g4mm.train.loop import train_loop
+
+    model = make_model(tiny_backbones).cast_frozen(torch.bfloat16)
+    assert {p.dtype for p in model.lm.parameters()} == {torch.bfloat16}
+    lm_before = {k: v.clone() for k, v in model.lm.state_dict().items()}
+    adapter_before = {k: v.clone() for k, v in model.adapter.state_dict().items()}
+    cfg = ExperimentConfig()
+    cfg.train.max_steps = cfg.train.eval_every = 3
+    cfg.train.warmup_steps, cfg.train.lr = 0, 1e-3
+    batches = iter([batch_for(model, tokenizer, b=2, seed=s) for s in range(3)])
+    history = train_loop(model=model, batches=batches, cfg=cfg, device=torch.device("cpu"),
+                         report=lambda m, s: None, log=lambda _: None)  # fmt: skip
+    assert math.isfinite(history[-1]["train_loss"])
+    assert all(torch.equal(v, model.lm.state_dict()[k]) for k, v in lm_before.items())
+    after = model.adapter.state_dict()
+    assert {v.dtype for v in after.values() if v.is_floating_point()} == {torch.float32}
+    assert any(not torch.equal(v, after[k]) for k, v in adapter_before.items())
+
+
+def test_attention_kernels_turn_cudnn_sdpa_off_on_cuda_and_restore_it():
+    from g4mm.train.loop import attention_kernels
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        with attention_kernels(torch.device("cuda")):  # only global flags: no GPU needed
+            assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        with attention_kernels(torch.device("cpu")):
+            assert torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+def test_profile_step_quick(capsys):
+    import profile_step
+
+    argv = ["--quick", "--steps", "2", "--warmup", "1", "--batches", "2", "--profile",
+            "--top", "3", "--settings", "default", "fp32-lm"]  # fmt: skip
+    assert profile_step.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "top operators by self host time" in out and "| fp32-lm | 8 | full |" in out
 
 
 def test_build_optimizer_is_foreach_on_cpu(tiny_backbones):

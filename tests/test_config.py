@@ -255,6 +255,8 @@ def test_missing_base_is_reported(tmp_path: Path) -> None:
         ("model.dropout=1", ["model.dropout = 1", "[0, 1)"]),
         ("data.num_pages=0", ["data.num_pages = 0"]),
         ("train.precision=fp16", ["train.precision = 'fp16'", "'fp32'"]),
+        ("train.frozen_dtype=fp16", ["train.frozen_dtype = 'fp16'", "'bf16'"]),
+        ("train.compile_mode=fast", ["train.compile_mode = 'fast'", "'reduce-overhead'"]),
         ("model.diffusion_impl=spares", ["model.diffusion_impl = 'spares'", "'sparse'"]),
         ("model.gnn_type=gin", ["model.gnn_type = 'gin'", "'gcn'"]),
         ("tune.mode=maximum", ["tune.mode = 'maximum'", "'max'"]),

@@ -165,7 +165,10 @@ class Graph4MM(nn.Module):
     def _sequence(self, inputs: Graph4MMInputs, with_targets: bool):
         """``[prompt ; soft tokens (; target)]`` embeddings, attention mask and positions."""
         embed = self.lm.get_input_embeddings()
-        tokens, token_mask = self.adapter(inputs)  # (B, S, D_lm), (B, S)
+        adapter = self.__dict__.get("_compiled_adapter")
+        if adapter is None:
+            adapter = self.adapter
+        tokens, token_mask = adapter(inputs)  # (B, S, D_lm), (B, S)
         parts = [embed(inputs.prompt_ids), tokens.to(embed.weight.dtype)]
         masks = [inputs.prompt_mask, token_mask]
         if with_targets:
@@ -213,13 +216,29 @@ class Graph4MM(nn.Module):
             and getattr(config, "logit_scale", None) is None
         )
 
-    def compile_lm(self, enabled: bool = True, **options: Any) -> None:
-        """Run the frozen LM body through ``torch.compile`` (``train.compile``) in
-        :meth:`forward`; ``enabled=False`` goes back to eager. Compilation happens lazily at the
-        next forward, so callers must be ready for that call to fail (see
-        :func:`g4mm.train.loop.train_loop`)."""
-        compiled = torch.compile(self.lm.base_model, **options) if enabled else None
-        self.__dict__["_compiled_body"] = compiled  # not a submodule: no duplicate state
+    def compile_lm(self, enabled: bool = True, adapter: bool = False, **options: Any) -> None:
+        """Run the frozen LM body (``train.compile``) and, with ``adapter=True``, the adapter
+        (``train.compile_adapter``: its many small ops fused, fewer kernel launches) through
+        ``torch.compile`` in :meth:`forward`; ``enabled=False`` goes back to eager.
+        Compilation happens lazily at the next forward, so callers must be ready for that call
+        to fail (see :func:`g4mm.train.loop.train_loop`)."""
+        body = torch.compile(self.lm.base_model, **options) if enabled else None
+        compiled_adapter = torch.compile(self.adapter, **options) if enabled and adapter else None
+        # plain attributes, not submodules: no duplicate state in state_dict()
+        self.__dict__["_compiled_body"] = body
+        self.__dict__["_compiled_adapter"] = compiled_adapter
+
+    def cast_frozen(self, dtype: torch.dtype) -> Graph4MM:
+        """Store the frozen LM and vision encoder in ``dtype`` (``train.frozen_dtype``).
+
+        bf16 storage on a GPU removes the per-step fp32 -> bf16 weight casts that autocast
+        would otherwise redo in every forward (and their backward), and halves the frozen
+        weights' memory. The adapter keeps fp32 master weights; soft tokens are cast to the
+        embedding dtype where they enter the LM, and the loss is computed in fp32.
+        """
+        for module in self.frozen_modules():
+            module.to(dtype)
+        return self
 
     def forward(self, inputs: Graph4MMInputs) -> Graph4MMOutput:
         """Teacher-forced pass; logits and loss only at the T target positions."""

@@ -19,6 +19,7 @@ from g4mm.eval import evaluate_rows
 from g4mm.model import Graph4MM
 from g4mm.model.encoders import image_feature_dim, text_feature_dim
 from g4mm.model.inputs import Graph4MMInputs
+from g4mm.train.loop import frozen_dtype_for
 
 
 @dataclass
@@ -46,6 +47,7 @@ def build_components(cfg: Any, prep_dir: str, device: torch.device) -> Component
     """Frozen backbones + adapter (seeded by ``cfg.train.seed``), collator over cached features."""
     torch.manual_seed(cfg.train.seed)
     model = Graph4MM.from_config(cfg.model, artifact_dir=cfg.data.artifact_dir).to(device)
+    model.cast_frozen(frozen_dtype_for(device, cfg.train.precision, cfg.train.frozen_dtype))
     text_features, image_features = read_features(prep_dir)
     collator = GraphCollator(
         tokenizer=model.tokenizer,

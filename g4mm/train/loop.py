@@ -5,8 +5,9 @@ Runs the same in a Ray Train worker (``g4mm.train.ray_train``) and in a plain pr
 skipped on all but the last through ``no_sync``), bf16 autocast on CUDA, gradient clipping on the
 adapter, AdamW (fused on CUDA) + warmup/cosine. Batches go to the GPU from pinned memory without
 blocking, and the loss stays on the device between log lines: no per-step host
-synchronisation. ``train.compile`` runs the frozen LM body through ``torch.compile``, falling
-back to eager when compiling fails.
+synchronisation. ``train.compile`` runs the frozen LM body (``train.compile_adapter``: and the
+adapter) through ``torch.compile``, falling back to eager when compiling fails. On CUDA,
+attention runs without SDPA's cuDNN backend (see :func:`attention_kernels`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,38 @@ def autocast_for(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def frozen_dtype_for(device: torch.device, precision: str, frozen_dtype: str) -> torch.dtype:
+    """Storage dtype of the frozen backbones (``train.frozen_dtype``): ``auto`` is bf16 exactly
+    when the step runs under bf16 autocast (CUDA, precision auto/bf16), where autocast would
+    cast every fp32 weight to bf16 in every forward anyway; else fp32."""
+    if frozen_dtype == "bf16":
+        return torch.bfloat16
+    if frozen_dtype == "auto" and device.type == "cuda" and precision in ("auto", "bf16"):
+        return torch.bfloat16
+    return torch.float32
+
+
+@contextlib.contextmanager
+def attention_kernels(device: torch.device) -> Iterator[None]:
+    """On CUDA, scaled-dot-product attention without the cuDNN backend (flash / memory-efficient
+    kernels instead), restored on exit.
+
+    cuDNN's SDPA builds an execution graph for every new sequence shape, and with real variable
+    lengths nearly every batch is a new shape: on one H100 (OPT-125M shape, batch 8, bucketed
+    lengths, bench/profile_step.py) a step took 118 ms with it and 43 ms without; at one fixed
+    length it was 5-15 % faster, which training never sees.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(previous)
+
+
 def to_device(batch: Graph4MMInputs, device: torch.device) -> Graph4MMInputs:
     """``batch.to(device)``; on CUDA through pinned host memory with ``non_blocking`` copies,
     so the host queues the step's kernels without waiting for the previous step to finish."""
@@ -53,13 +86,20 @@ def to_device(batch: Graph4MMInputs, device: torch.device) -> Graph4MMInputs:
 
 
 def compile_or_fallback(
-    model: Any, batch: Graph4MMInputs, device: torch.device, precision: str, log: Callable
+    model: Any,
+    batch: Graph4MMInputs,
+    device: torch.device,
+    precision: str,
+    log: Callable,
+    compile_adapter: bool = False,
+    mode: str = "default",
 ) -> bool:
     """Compile ``model``'s frozen LM body and run one forward + backward on ``batch`` to find
     out now whether it works; on any error go back to eager. The probe's gradients are
     discarded. Returns whether the model stays compiled."""
-    model.compile_lm(True)
+    model.compile_lm(True, adapter=compile_adapter, mode=mode)
     try:
+        mark_step_begin(mode)
         with autocast_for(device, precision):
             out = model(to_device(batch, device))
         out.loss.backward()
@@ -69,8 +109,16 @@ def compile_or_fallback(
         return False
     finally:
         model.zero_grad(set_to_none=True)
-    log("torch.compile: LM body compiled")
+    what = "LM body" + (" and adapter" if compile_adapter else "")
+    log(f"torch.compile: {what} compiled (mode {mode})")
     return True
+
+
+def mark_step_begin(compile_mode: str) -> None:
+    """Tell CUDA-graph compile modes that a new iteration starts, so the previous step's graph
+    outputs may be overwritten (no-op for the other modes)."""
+    if compile_mode in ("reduce-overhead", "max-autotune"):
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def format_eta(seconds: float) -> str:
@@ -124,67 +172,74 @@ def train_loop(
     if getattr(train_cfg, "compile", False):
         first = next(batches)
         batches = itertools.chain([first], batches)
-        compile_or_fallback(model, first, device, train_cfg.precision, log)
+        with attention_kernels(device):
+            compile_or_fallback(
+                model, first, device, train_cfg.precision, log,
+                train_cfg.compile_adapter, train_cfg.compile_mode,
+            )  # fmt: skip
 
+    compile_mode = train_cfg.compile_mode if getattr(train_cfg, "compile", False) else "default"
     window_loss = torch.zeros((), device=device)
     window_steps = window_samples = window_tokens = 0
     window_start = run_start = time.perf_counter()
-    while step < train_cfg.max_steps:
-        optimizer.zero_grad(set_to_none=True)
-        for micro in range(train_cfg.grad_accum):
-            batch = next(batches)
-            # count tokens on the host copy: reading them off the device would sync each step
-            window_tokens += int(batch.target_mask.sum()) + int(batch.prompt_mask.sum())
-            inputs = to_device(batch, device)
-            last = micro == train_cfg.grad_accum - 1
-            sync = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
-            with sync:
-                with autocast_for(device, train_cfg.precision):
-                    out = model(inputs)
-                (out.loss / train_cfg.grad_accum).backward()
-            window_loss += out.loss.detach() / train_cfg.grad_accum
-            window_samples += inputs.batch_size
-        if train_cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        window_steps += 1
+    with attention_kernels(device):
+        while step < train_cfg.max_steps:
+            optimizer.zero_grad(set_to_none=True)
+            for micro in range(train_cfg.grad_accum):
+                batch = next(batches)
+                # count tokens on the host copy: reading them off the device would sync each step
+                window_tokens += int(batch.target_mask.sum()) + int(batch.prompt_mask.sum())
+                inputs = to_device(batch, device)
+                mark_step_begin(compile_mode)
+                last = micro == train_cfg.grad_accum - 1
+                sync = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
+                with sync:
+                    with autocast_for(device, train_cfg.precision):
+                        out = model(inputs)
+                    (out.loss / train_cfg.grad_accum).backward()
+                window_loss += out.loss.detach() / train_cfg.grad_accum
+                window_samples += inputs.batch_size
+            if train_cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            window_steps += 1
 
-        at_eval = step % train_cfg.eval_every == 0 or step == train_cfg.max_steps
-        if (step % log_every == 0 or at_eval) and window_steps:
-            elapsed = time.perf_counter() - window_start
-            loss = window_loss.item() / window_steps  # the only host sync, once per log line
-            rate = window_samples / max(elapsed, 1e-9)
-            eta = (train_cfg.max_steps - step) * elapsed / window_steps
-            if is_main:
-                log(
-                    f"step {step}/{train_cfg.max_steps} loss {loss:.4f} "
-                    f"{rate:.1f} samples/s {window_tokens / max(elapsed, 1e-9):.0f} tok/s "
-                    f"lr {scheduler.get_last_lr()[0]:.2e} eta {format_eta(eta)}"
-                )
-            last_loss, last_rate = loss, rate
-            window_loss.zero_()
-            window_steps = window_samples = window_tokens = 0
-            window_start = time.perf_counter()
-        if at_eval:
-            metrics: dict[str, Any] = {
-                "step": step,
-                "train_loss": last_loss,
-                "samples_per_s": last_rate,
-                "lr": scheduler.get_last_lr()[0],
-                "resumed_from_step": resumed_from,
-                "elapsed_s": time.perf_counter() - run_start,
-            }
-            if is_main and evaluate is not None:
-                model.eval()
-                metrics.update({f"val_{k}": v for k, v in evaluate().items()})
-                model.train()
-            history.append(metrics)
-            state = None
-            if is_main:
-                state = training_state(model, optimizer, scheduler, step, cfg, history)
-            report(metrics, state)
-            if on_report is not None:
-                on_report(step)
+            at_eval = step % train_cfg.eval_every == 0 or step == train_cfg.max_steps
+            if (step % log_every == 0 or at_eval) and window_steps:
+                elapsed = time.perf_counter() - window_start
+                loss = window_loss.item() / window_steps  # the only host sync, once per log line
+                rate = window_samples / max(elapsed, 1e-9)
+                eta = (train_cfg.max_steps - step) * elapsed / window_steps
+                if is_main:
+                    log(
+                        f"step {step}/{train_cfg.max_steps} loss {loss:.4f} "
+                        f"{rate:.1f} samples/s {window_tokens / max(elapsed, 1e-9):.0f} tok/s "
+                        f"lr {scheduler.get_last_lr()[0]:.2e} eta {format_eta(eta)}"
+                    )
+                last_loss, last_rate = loss, rate
+                window_loss.zero_()
+                window_steps = window_samples = window_tokens = 0
+                window_start = time.perf_counter()
+            if at_eval:
+                metrics: dict[str, Any] = {
+                    "step": step,
+                    "train_loss": last_loss,
+                    "samples_per_s": last_rate,
+                    "lr": scheduler.get_last_lr()[0],
+                    "resumed_from_step": resumed_from,
+                    "elapsed_s": time.perf_counter() - run_start,
+                }
+                if is_main and evaluate is not None:
+                    model.eval()
+                    metrics.update({f"val_{k}": v for k, v in evaluate().items()})
+                    model.train()
+                history.append(metrics)
+                state = None
+                if is_main:
+                    state = training_state(model, optimizer, scheduler, step, cfg, history)
+                report(metrics, state)
+                if on_report is not None:
+                    on_report(step)
     return history
