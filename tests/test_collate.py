@@ -145,3 +145,47 @@ def test_vision_pretraining_learns_attributes_that_generalise():
         accuracy = (torch.cdist(feats[test], centroids).argmin(1) == y[test]).float().mean()
         chance = 1 / len(VISION_TASKS[task])
         assert accuracy > max(floor, 2 * chance), (task, accuracy.item())
+
+
+def _rows_of_varied_length(n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    words = ["red", "blue", "circle", "square", "star", "shapes"]
+    return [
+        sample_row(f"{i} " + " ".join(rng.choice(words, size=int(rng.integers(1, 12)))),
+                   "a red circle", ["red circle"], ["/img/a.png"])
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def _padding(batch) -> float:
+    """Padded prompt tokens / real prompt tokens of one collated batch."""
+    return batch.prompt_mask.numel() / int(batch.prompt_mask.sum())
+
+
+def test_cycle_batches_bucketing_pads_less_and_uses_each_row_once_per_epoch(collator):
+    from itertools import islice
+
+    from g4mm.train.components import cycle_batches
+
+    rows = _rows_of_varied_length(64)
+    epoch = 64 // 4
+    plain = list(islice(cycle_batches(rows, collator, 4, seed=0), epoch))
+    bucketed = list(islice(cycle_batches(rows, collator, 4, seed=0, bucket_window=16), epoch))
+    prompts = [collator.tokenizer.decode(ids[mask.bool()]) for b in bucketed
+               for ids, mask in zip(b.prompt_ids, b.prompt_mask, strict=True)]  # fmt: skip
+    assert len(prompts) == len(set(prompts)) == 64  # every row once in the first epoch
+    mean = lambda batches: sum(map(_padding, batches)) / len(batches)  # noqa: E731
+    assert mean(bucketed) < 1.1 < mean(plain)
+
+
+def test_bucketed_chunk_batches_sort_each_ray_style_chunk(collator):
+    from g4mm.train.components import bucketed_chunk_batches
+
+    rows = _rows_of_varied_length(40, seed=1)
+    chunks = [
+        {k: np.array([r[k] for r in rows[s : s + 16]], dtype=object) for k in rows[0]}
+        for s in range(0, 40, 16)
+    ]  # Ray's numpy column batches: 16, 16, 8 rows
+    batches = list(bucketed_chunk_batches(chunks, collator, 4, seed=0, window=4))
+    assert len(batches) == 4 + 4 + 2 and all(b.batch_size == 4 for b in batches)
+    assert sum(map(_padding, batches)) / len(batches) < 1.1

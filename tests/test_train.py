@@ -154,8 +154,10 @@ def test_worker_crash_resumes_from_the_checkpoint(artifact_dir, tmp_path):
         "jobs/train.py", "--config", "smoke", "--output", str(run), "--fail-at-step", "10",
         "--set", f"data.artifact_dir={artifact_dir}",
         "--set", "train.max_steps=20", "--set", "train.eval_every=10",
+        "--set", "train.bucket_window=4",  # the Ray path's length bucketing, resumed too
     )  # fmt: skip
     assert proc.returncode == 0, tail(proc)
+    assert "length-bucketed batches: sorted by token length in windows of 4" in proc.stdout
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["resumed_from_step"] == 10, tail(proc)  # resumed, not restarted from 0
     history = read_jsonl(run / "history.jsonl")

@@ -6,14 +6,15 @@ model, collator and evaluation rows here, so they cannot drift apart.
 
 from __future__ import annotations
 
+import itertools
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from g4mm.data.collate import GraphCollator
+from g4mm.data.collate import GraphCollator, length_bucketed_batches, rows_from_columns
 from g4mm.data.prepared import available_splits, class_names_from_rows, read_features, read_rows
 from g4mm.eval import evaluate_rows
 from g4mm.model import Graph4MM
@@ -76,17 +77,45 @@ def make_evaluator(parts: Components, cfg: Any, rows: Sequence[dict]):
 
 
 def cycle_batches(
-    rows: Sequence[dict], collator: GraphCollator, batch_size: int, seed: int
+    rows: Sequence[dict],
+    collator: GraphCollator,
+    batch_size: int,
+    seed: int,
+    bucket_window: int = 0,
 ) -> Iterator[Graph4MMInputs]:
-    """Endless shuffled epochs of full batches (in-process training)."""
+    """Endless shuffled epochs of full batches (in-process training); with ``bucket_window``
+    > 0, each epoch's batches are length-bucketed (``train.bucket_window``)."""
     if len(rows) < batch_size:
         raise ValueError(f"{len(rows)} training rows: fewer than one batch of {batch_size}")
+    if bucket_window:
+        lengths = collator.token_lengths(rows)
+        for epoch in itertools.count():
+            for group in length_bucketed_batches(lengths, batch_size, seed + epoch, bucket_window):
+                yield collator([rows[i] for i in group])
     rng = random.Random(seed)
     order = list(range(len(rows)))
     while True:
         rng.shuffle(order)
         for start in range(0, len(order) - batch_size + 1, batch_size):
             yield collator([rows[i] for i in order[start : start + batch_size]])
+
+
+def bucketing_note(window: int, batch_size: int) -> str:
+    """The log line a run prints when ``train.bucket_window`` is on."""
+    return f"length-bucketed batches: sorted by token length in windows of {window} x {batch_size}"
+
+
+def bucketed_chunk_batches(
+    chunks: Iterable[Any], collator: GraphCollator, batch_size: int, seed: int, window: int
+) -> Iterator[Graph4MMInputs]:
+    """Length-bucketed batches from a stream of row chunks (e.g. Ray Data batches of
+    ``window * batch_size`` rows): each chunk is sorted by token length and cut into full
+    batches, in shuffled order; a chunk's last partial batch is dropped."""
+    for index, chunk in enumerate(chunks):
+        rows = rows_from_columns(chunk)
+        lengths = collator.token_lengths(rows)
+        for group in length_bucketed_batches(lengths, batch_size, seed + index, window):
+            yield collator([rows[i] for i in group])
 
 
 def evaluate_checkpoint(

@@ -14,6 +14,7 @@ from typing import Any
 from g4mm.data.prepared import read_rows
 from g4mm.train.checkpoint import save_checkpoint
 from g4mm.train.components import (
+    bucketing_note,
     build_components,
     cycle_batches,
     evaluate_checkpoint,
@@ -50,7 +51,11 @@ def train_in_process(
     parts = build_components(cfg, prep_dir, device)
     train_rows = read_rows(prep_dir, "train")
     val_rows = limit(read_rows(prep_dir, "val"), cfg.eval.max_samples)
-    batches = cycle_batches(train_rows, parts.collator, cfg.train.batch_size, cfg.train.seed)
+    batches = cycle_batches(
+        train_rows, parts.collator, cfg.train.batch_size, cfg.train.seed, cfg.train.bucket_window
+    )
+    if cfg.train.bucket_window:
+        log(bucketing_note(cfg.train.bucket_window, cfg.train.batch_size))
     key, best = score_key(cfg), {"score": None, "state": None}
 
     def report(metrics: dict, state: dict | None) -> None:

@@ -10,6 +10,7 @@ trained), reads its shard with ``get_dataset_shard("train").iter_torch_batches``
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 import time
@@ -30,7 +31,12 @@ from g4mm.data.prepared import read_rows
 from g4mm.model.inputs import Graph4MMInputs
 from g4mm.pipeline.dataset import load_split_dataset
 from g4mm.train.checkpoint import load_checkpoint, restore_adapter, save_checkpoint
-from g4mm.train.components import build_components, make_evaluator
+from g4mm.train.components import (
+    bucketed_chunk_batches,
+    bucketing_note,
+    build_components,
+    make_evaluator,
+)
 from g4mm.train.local import limit
 from g4mm.train.loop import train_loop
 from g4mm.train.selection import score_key
@@ -47,15 +53,26 @@ class _NumpyCollate(NumpyBatchCollateFn):
         return self.collator(batch)
 
 
-def _shard_batches(collator, batch_size: int) -> Iterator[Graph4MMInputs]:
-    """Endless epochs over this worker's shard of the train split."""
+def _shard_batches(
+    collator, batch_size: int, bucket_window: int = 0, seed: int = 0
+) -> Iterator[Graph4MMInputs]:
+    """Endless epochs over this worker's shard of the train split; with ``bucket_window`` > 0
+    the shard is read in chunks of ``bucket_window`` batches and each chunk is length-bucketed
+    (``train.bucket_window``)."""
     shard = ray.train.get_dataset_shard("train")
     collate = _NumpyCollate(collator)
-    while True:
+    for epoch in itertools.count():
         produced = 0
-        for batch in shard.iter_torch_batches(
-            batch_size=batch_size, collate_fn=collate, drop_last=True
-        ):
+        if bucket_window:
+            chunks = shard.iter_batches(batch_size=bucket_window * batch_size, batch_format="numpy")
+            batches = bucketed_chunk_batches(
+                chunks, collator, batch_size, seed + 10_000 * epoch, bucket_window
+            )
+        else:
+            batches = shard.iter_torch_batches(
+                batch_size=batch_size, collate_fn=collate, drop_last=True
+            )
+        for batch in batches:
             produced += 1
             yield batch
         if produced == 0:
@@ -144,9 +161,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             _wait_until_reports_collected(step // cfg.train.eval_every)
             os._exit(1)
 
+    if cfg.train.bucket_window and rank == 0:
+        print(bucketing_note(cfg.train.bucket_window, cfg.train.batch_size), flush=True)
     train_loop(
         model=model,
-        batches=_shard_batches(parts.collator, cfg.train.batch_size),
+        batches=_shard_batches(
+            parts.collator, cfg.train.batch_size, cfg.train.bucket_window, cfg.train.seed + rank
+        ),
         cfg=cfg,
         device=device,
         report=report,
