@@ -16,7 +16,7 @@ Runs :func:`g4mm.train.loop.train_loop` on the model and batches of ``bench/trai
 ``--settings`` compares variants of the same step in one run: ``default`` (what training
 does: frozen LM stored in bf16 on CUDA, SDPA without its cuDNN backend), ``fp32-lm`` (frozen
 LM kept in fp32 under autocast), ``compile`` (``train.compile``), ``compile-all`` (and
-``train.compile_adapter``).
+``train.compile_scope=lm+adapter``), ``compile-forward`` (``train.compile_scope=forward``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from common import cpu_threads, device_label, pick_device, print_table, sync
 
 from g4mm.train.loop import frozen_dtype_for, train_loop
 
-SETTINGS = ("default", "fp32-lm", "compile", "compile-all")
+SETTINGS = ("default", "fp32-lm", "compile", "compile-all", "compile-forward")
+SCOPES = {"compile": "lm", "compile-all": "lm+adapter", "compile-forward": "forward"}
 
 
 @contextlib.contextmanager
@@ -55,8 +56,8 @@ def setting(name: str, model, device: torch.device):
 def run_steps(model, batches, device, steps: int, name: str = "default") -> float:
     """Seconds of ``steps`` optimizer steps of ``train_loop``; a compile setting compiles in
     the first call and stays compiled."""
-    compile_lm = name.startswith("compile") and model.__dict__.get("_compiled_body") is None
-    cfg = train_step.step_config(steps, compile_lm, compile_adapter=name == "compile-all")
+    compile_lm = name in SCOPES and not model.is_compiled
+    cfg = train_step.step_config(steps, compile_lm, scope=SCOPES.get(name, "lm"))
     sync(device)
     start = time.perf_counter()
     train_loop(

@@ -216,13 +216,13 @@ def make_batches(kind: str, batch: int, count: int, shape: Shape, seed: int = 0)
 
 
 def step_config(
-    steps: int, compile_lm: bool, compile_adapter: bool = False, compile_mode: str = "default"
+    steps: int, compile_lm: bool, scope: str = "lm", compile_mode: str = "default"
 ) -> ExperimentConfig:
     cfg = ExperimentConfig()
     t = cfg.train
     t.max_steps, t.eval_every, t.warmup_steps, t.grad_accum = steps, steps, 50, 1
     t.lr, t.weight_decay, t.betas, t.grad_clip = 1e-4, 0.01, (0.9, 0.95), 1.0
-    t.precision, t.compile, t.compile_adapter = "auto", compile_lm, compile_adapter
+    t.precision, t.compile, t.compile_scope = "auto", compile_lm, scope
     t.compile_mode = compile_mode
     return cfg
 
@@ -234,7 +234,7 @@ class Plan:
 
     kind: str
     compile_lm: bool = False
-    compile_adapter: bool = False
+    scope: str = "lm"
     frozen: str = "auto"
     compile_mode: str = "default"
 
@@ -242,7 +242,9 @@ class Plan:
     def name(self) -> str:
         name = "ours"
         if self.compile_lm:
-            name += " + compile LM" + (" + adapter" if self.compile_adapter else "")
+            name += " + compile " + {"lm": "LM", "lm+adapter": "LM + adapter"}.get(
+                self.scope, self.scope
+            )
             if self.compile_mode != "default":
                 name += f" ({self.compile_mode})"
         if self.frozen == "fp32":
@@ -267,7 +269,7 @@ def time_ours(
         train_loop(
             model=model,
             batches=itertools.cycle(batches),
-            cfg=step_config(n, compile_now, plan.compile_adapter, plan.compile_mode),
+            cfg=step_config(n, compile_now, plan.scope, plan.compile_mode),
             device=device,
             report=lambda metrics, state: None,
             log=notes.append,
@@ -293,7 +295,7 @@ def time_ours(
         n = (b.prompt_mask.sum(1) + b.target_mask.sum(1)).tolist()
         t = b.target_mask.sum(1).tolist()
         flops += sum(lm_train_flops(model.lm.config, k + q, j) for k, j in zip(n, t, strict=True))
-    compiled = model.__dict__.get("_compiled_body") is not None
+    compiled = model.is_compiled
     note = [m for m in notes if "compile" in m]
     model.compile_lm(False)
     model.cast_frozen(torch.float32)
@@ -443,7 +445,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 mode = args.compile_mode
                 plans += [
                     Plan("full", compile_lm=True, compile_mode=mode),
-                    Plan("full", True, compile_adapter=True, compile_mode=mode),
+                    Plan("full", True, scope="lm+adapter", compile_mode=mode),
+                    Plan("full", True, scope="forward", compile_mode=mode),
                 ]
             if args.fp32_lm:
                 plans.append(Plan("full", frozen="fp32"))

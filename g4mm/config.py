@@ -103,6 +103,7 @@ LOSS_METRICS: tuple[str, ...] = ("loss", "val_loss")
 DIFFUSION_IMPLS: tuple[str, ...] = ("dense", "sparse")
 GNN_TYPES: tuple[str, ...] = ("gcn", "gat")
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
+COMPILE_SCOPES: tuple[str, ...] = ("lm", "lm+adapter", "forward")  # g4mm.model.COMPILE_SCOPES
 COMPILE_MODES: tuple[str, ...] = (
     "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs",
 )  # fmt: skip
@@ -239,7 +240,8 @@ class TrainConfig:
         max_failures: worker-group restarts tolerated (-1 = unlimited, as in Ray).
         num_to_keep: checkpoints kept.
         compile: run the frozen LM body through ``torch.compile`` (eager fallback on failure).
-        compile_adapter: with ``compile``, compile the adapter too.
+        compile_scope: what ``compile`` compiles: ``"lm"`` (the frozen LM body),
+            ``"lm+adapter"``, ``"forward"`` (adapter, packing, LM, head and loss as one graph).
         compile_mode: ``torch.compile`` mode: ``"default"``, ``"reduce-overhead"`` (CUDA
             graphs: no per-kernel launch cost, one graph recorded per sequence shape, so for
             fixed or few lengths), ``"max-autotune"``, ``"max-autotune-no-cudagraphs"``.
@@ -270,7 +272,7 @@ class TrainConfig:
     max_failures: int = 2
     num_to_keep: int = 2
     compile: bool = False
-    compile_adapter: bool = False
+    compile_scope: str = "lm"
     compile_mode: str = "default"
     frozen_dtype: str = "auto"
     bucket_window: int = 0
@@ -835,6 +837,7 @@ class ExperimentConfig:
         choice("train.precision", t.precision, PRECISIONS)
         choice("train.frozen_dtype", t.frozen_dtype, PRECISIONS)
         choice("train.compile_mode", t.compile_mode, COMPILE_MODES)
+        choice("train.compile_scope", t.compile_scope, COMPILE_SCOPES)
         at_least("train.bucket_window", t.bucket_window, 0)
         nonempty("train.output_dir", t.output_dir)
         nonempty("train.storage_path", t.storage_path)

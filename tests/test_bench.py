@@ -243,7 +243,7 @@ class _Uncompilable:
         self.compiled = False
         self.calls: list[bool] = []
 
-    def compile_lm(self, enabled: bool = True, adapter: bool = False, **options) -> None:
+    def compile_lm(self, enabled: bool = True, scope: str = "lm", **options) -> None:
         self.compiled = enabled
         self.calls.append(enabled)
 
@@ -306,6 +306,44 @@ def test_training_with_bf16_frozen_lm_moves_only_the_fp32_adapter(tiny_backbones
     after = model.adapter.state_dict()
     assert {v.dtype for v in after.values() if v.is_floating_point()} == {torch.float32}
     assert any(not torch.equal(v, after[k]) for k, v in adapter_before.items())
+
+
+@pytest.mark.slow
+def test_compiled_forward_scope_matches_eager_loss_and_gradients(tiny_backbones, tokenizer):
+    """``train.compile_scope=forward``: the whole teacher-forced pass as one graph gives the
+    eager loss and adapter gradients (CPU inductor here; the GPU numbers are in RESULTS.md)."""
+    from test_model import batch_for, make_model
+
+    from g4mm.config import COMPILE_SCOPES
+    from g4mm.model.graph4mm import COMPILE_SCOPES as MODEL_SCOPES
+
+    assert COMPILE_SCOPES == MODEL_SCOPES  # config.py may not import the model package
+    model = make_model(tiny_backbones).eval()  # no dropout: both passes see the same graph
+    batch = batch_for(model, tokenizer, b=3)
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        out = model(batch)
+        out.loss.backward()
+        grads = {
+            n: p.grad.clone() for n, p in model.adapter.named_parameters() if p.grad is not None
+        }
+        return out.loss.detach(), grads
+
+    eager_loss, eager_grads = loss_and_grads()
+    model.compile_lm(True, scope="forward")
+    assert model.is_compiled
+    try:
+        loss, grads = loss_and_grads()
+    finally:
+        model.compile_lm(False)
+    assert not model.is_compiled
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-4, atol=1e-5)
+    assert grads.keys() == eager_grads.keys() and grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, eager_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+    with pytest.raises(ValueError, match="compile scope 'everything'"):
+        model.compile_lm(True, scope="everything")
 
 
 def test_attention_kernels_turn_cudnn_sdpa_off_on_cuda_and_restore_it():

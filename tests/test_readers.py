@@ -120,6 +120,16 @@ def test_manifest_and_resolution(tmp_path):
         resolve_image(URL.format("x.jpg"), None, {})
 
 
+def test_manifest_is_parsed_once_per_file_version(tmp_path):
+    file = tmp_path / "manifest.csv"
+    file.write_text("url,path\nhttps://a/x,x.jpg\n", encoding="utf-8")
+    first = load_manifest(tmp_path)
+    first["https://a/other"] = tmp_path / "mutated.jpg"  # callers get their own copy
+    assert load_manifest(tmp_path) == {"https://a/x": (tmp_path / "x.jpg").resolve()}
+    file.write_text("url,path\nhttps://a/x,x.jpg\nhttps://a/y,sub/y.jpg\n", encoding="utf-8")
+    assert load_manifest(tmp_path)["https://a/y"] == (tmp_path / "sub/y.jpg").resolve()
+
+
 @pytest.mark.parametrize(
     ("text", "line"),
     [

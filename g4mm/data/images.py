@@ -13,6 +13,7 @@ code sets it globally, truncated files may pass as ``"ok"``.
 from __future__ import annotations
 
 import csv
+import functools
 import os
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -46,19 +47,27 @@ def load_manifest(images_dir: str | os.PathLike[str] | None) -> dict[str, Path]:
 
     The csv must start with the header ``url,path``; each row has exactly two non-empty
     fields, ``path`` relative to ``images_dir`` (or absolute). A URL listed twice must map to
-    the same path.
+    the same path. Parsed once per process and file version (path, mtime, size): every
+    preprocessing task of a Ray worker asks for the same manifest.
 
     Raises:
         ValueError: for a wrong header or a bad row, naming the file and the 1-based line.
     """
     if images_dir is None:
         return {}
-    root = Path(images_dir)
-    file = root / MANIFEST_NAME
+    file = Path(images_dir) / MANIFEST_NAME
     if not file.is_file():
         return {}
+    stat = file.stat()
+    return dict(_parse_manifest(str(file), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_manifest(file: str, mtime_ns: int, size: int) -> dict[str, Path]:
+    """:func:`load_manifest`'s parser; ``mtime_ns`` and ``size`` only key the cache."""
+    root = Path(file).parent.resolve()  # resolved once; rows are joined and normalised
     manifest: dict[str, Path] = {}
-    with file.open(newline="", encoding="utf-8") as handle:
+    with open(file, newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None or [h.strip() for h in header] != ["url", "path"]:
@@ -70,7 +79,7 @@ def load_manifest(images_dir: str | os.PathLike[str] | None) -> dict[str, Path]:
             if len(row) != 2 or not row[0].strip() or not row[1].strip():
                 raise ValueError(f"{file}:{line}: expected 2 non-empty fields url,path, got {row}")
             url, rel = row[0].strip(), row[1].strip()
-            path = (root / rel).resolve()
+            path = Path(os.path.normpath(os.path.join(root, rel)))
             if manifest.get(url, path) != path:
                 raise ValueError(
                     f"{file}:{line}: url {url!r} listed again with a different path {rel!r}"

@@ -32,6 +32,8 @@ from g4mm.model.encoders import image_feature_dim, text_feature_dim
 from g4mm.model.inputs import Graph4MMInputs
 
 VARIANTS = (*GRAPH4MM_VARIANTS, "mmgl_concat", "mmgl_gnn", "text_only")
+COMPILE_SCOPES = ("lm", "lm+adapter", "forward")
+_COMPILED = ("_compiled_body", "_compiled_adapter", "_compiled_forward")
 IGNORE_INDEX = -100
 
 
@@ -216,17 +218,29 @@ class Graph4MM(nn.Module):
             and getattr(config, "logit_scale", None) is None
         )
 
-    def compile_lm(self, enabled: bool = True, adapter: bool = False, **options: Any) -> None:
-        """Run the frozen LM body (``train.compile``) and, with ``adapter=True``, the adapter
-        (``train.compile_adapter``: its many small ops fused, fewer kernel launches) through
-        ``torch.compile`` in :meth:`forward`; ``enabled=False`` goes back to eager.
-        Compilation happens lazily at the next forward, so callers must be ready for that call
-        to fail (see :func:`g4mm.train.loop.train_loop`)."""
-        body = torch.compile(self.lm.base_model, **options) if enabled else None
-        compiled_adapter = torch.compile(self.adapter, **options) if enabled and adapter else None
-        # plain attributes, not submodules: no duplicate state in state_dict()
-        self.__dict__["_compiled_body"] = body
-        self.__dict__["_compiled_adapter"] = compiled_adapter
+    def compile_lm(self, enabled: bool = True, scope: str = "lm", **options: Any) -> None:
+        """Run part of :meth:`forward` through ``torch.compile`` (``train.compile``); ``scope``
+        (``train.compile_scope``) is ``"lm"`` (the frozen LM body), ``"lm+adapter"`` (and the
+        adapter, whose many small ops fuse into few kernels) or ``"forward"`` (the whole
+        teacher-forced pass: adapter, packing, LM, head and loss as one graph).
+        ``enabled=False`` goes back to eager. Compilation happens lazily at the next forward,
+        so callers must be ready for that call to fail (see
+        :func:`g4mm.train.loop.train_loop`)."""
+        if scope not in COMPILE_SCOPES:
+            raise ValueError(f"compile scope {scope!r}: expected one of {COMPILE_SCOPES}")
+        compiled: dict[str, Any] = dict.fromkeys(_COMPILED)
+        if enabled and scope == "forward":
+            compiled["_compiled_forward"] = torch.compile(self._teacher_forced, **options)
+        elif enabled:
+            compiled["_compiled_body"] = torch.compile(self.lm.base_model, **options)
+            if scope == "lm+adapter":
+                compiled["_compiled_adapter"] = torch.compile(self.adapter, **options)
+        self.__dict__.update(compiled)  # plain attributes, not submodules: no duplicate state
+
+    @property
+    def is_compiled(self) -> bool:
+        """Whether :meth:`compile_lm` left any part compiled."""
+        return any(self.__dict__.get(name) is not None for name in _COMPILED)
 
     def cast_frozen(self, dtype: torch.dtype) -> Graph4MM:
         """Store the frozen LM and vision encoder in ``dtype`` (``train.frozen_dtype``).
@@ -244,6 +258,14 @@ class Graph4MM(nn.Module):
         """Teacher-forced pass; logits and loss only at the T target positions."""
         if inputs.target_ids is None or inputs.target_mask is None:
             raise ValueError("forward needs target_ids and target_mask; use generate() instead")
+        teacher_forced = self.__dict__.get("_compiled_forward")
+        if teacher_forced is None:
+            teacher_forced = self._teacher_forced
+        loss, logits = teacher_forced(inputs)
+        return Graph4MMOutput(loss, logits, inputs.target_mask.sum())
+
+    def _teacher_forced(self, inputs: Graph4MMInputs) -> tuple[Tensor, Tensor]:
+        """(loss, target logits (B, T, V)) of :meth:`forward`, as one compilable function."""
         if self._plain_lm_head():
             embeds, predictor = self._packed_sequence(inputs)
             hidden = self._lm_hidden(embeds)  # (B, L, D)
@@ -257,7 +279,7 @@ class Graph4MM(nn.Module):
             labels.reshape(-1),
             ignore_index=IGNORE_INDEX,
         )
-        return Graph4MMOutput(loss, logits, inputs.target_mask.sum())
+        return loss, logits
 
     def _masked_target_logits(self, inputs: Graph4MMInputs) -> Tensor:
         """Target logits (B, T, V) through the LM's own head on the padded, masked layout."""

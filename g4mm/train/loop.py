@@ -5,8 +5,8 @@ Runs the same in a Ray Train worker (``g4mm.train.ray_train``) and in a plain pr
 skipped on all but the last through ``no_sync``), bf16 autocast on CUDA, gradient clipping on the
 adapter, AdamW (fused on CUDA) + warmup/cosine. Batches go to the GPU from pinned memory without
 blocking, and the loss stays on the device between log lines: no per-step host
-synchronisation. ``train.compile`` runs the frozen LM body (``train.compile_adapter``: and the
-adapter) through ``torch.compile``, falling back to eager when compiling fails. On CUDA,
+synchronisation. ``train.compile`` runs the frozen LM body (or, by ``train.compile_scope``, more
+of the step) through ``torch.compile``, falling back to eager when compiling fails. On CUDA,
 attention runs without SDPA's cuDNN backend (see :func:`attention_kernels`).
 """
 
@@ -91,13 +91,13 @@ def compile_or_fallback(
     device: torch.device,
     precision: str,
     log: Callable,
-    compile_adapter: bool = False,
+    scope: str = "lm",
     mode: str = "default",
 ) -> bool:
     """Compile ``model``'s frozen LM body and run one forward + backward on ``batch`` to find
     out now whether it works; on any error go back to eager. The probe's gradients are
     discarded. Returns whether the model stays compiled."""
-    model.compile_lm(True, adapter=compile_adapter, mode=mode)
+    model.compile_lm(True, scope=scope, mode=mode)
     try:
         mark_step_begin(mode)
         with autocast_for(device, precision):
@@ -109,8 +109,7 @@ def compile_or_fallback(
         return False
     finally:
         model.zero_grad(set_to_none=True)
-    what = "LM body" + (" and adapter" if compile_adapter else "")
-    log(f"torch.compile: {what} compiled (mode {mode})")
+    log(f"torch.compile: {scope} compiled (mode {mode})")
     return True
 
 
@@ -175,7 +174,7 @@ def train_loop(
         with attention_kernels(device):
             compile_or_fallback(
                 model, first, device, train_cfg.precision, log,
-                train_cfg.compile_adapter, train_cfg.compile_mode,
+                train_cfg.compile_scope, train_cfg.compile_mode,
             )  # fmt: skip
 
     compile_mode = train_cfg.compile_mode if getattr(train_cfg, "compile", False) else "default"
