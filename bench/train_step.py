@@ -446,8 +446,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 plans += [
                     Plan("full", compile_lm=True, compile_mode=mode),
                     Plan("full", True, scope="lm+adapter", compile_mode=mode),
-                    Plan("full", True, scope="forward", compile_mode=mode),
                 ]
+                if mode not in ("reduce-overhead", "max-autotune"):  # see config validation
+                    plans.append(Plan("full", True, scope="forward", compile_mode=mode))
             if args.fp32_lm:
                 plans.append(Plan("full", frozen="fp32"))
         for plan in plans:

@@ -241,7 +241,8 @@ class TrainConfig:
         num_to_keep: checkpoints kept.
         compile: run the frozen LM body through ``torch.compile`` (eager fallback on failure).
         compile_scope: what ``compile`` compiles: ``"lm"`` (the frozen LM body),
-            ``"lm+adapter"``, ``"forward"`` (adapter, packing, LM, head and loss as one graph).
+            ``"lm+adapter"``, ``"forward"`` (adapter, packing, LM, head and loss as one graph;
+            not with the CUDA-graph modes, measured pathological there).
         compile_mode: ``torch.compile`` mode: ``"default"``, ``"reduce-overhead"`` (CUDA
             graphs: no per-kernel launch cost, one graph recorded per sequence shape, so for
             fixed or few lengths), ``"max-autotune"``, ``"max-autotune-no-cudagraphs"``.
@@ -838,6 +839,13 @@ class ExperimentConfig:
         choice("train.frozen_dtype", t.frozen_dtype, PRECISIONS)
         choice("train.compile_mode", t.compile_mode, COMPILE_MODES)
         choice("train.compile_scope", t.compile_scope, COMPILE_SCOPES)
+        if t.compile_scope == "forward" and t.compile_mode in ("reduce-overhead", "max-autotune"):
+            errors.append(
+                f"train.compile_scope = 'forward' with train.compile_mode = {t.compile_mode!r}: "
+                "CUDA graphs over the whole forward re-record every step (4.8 samples/s vs 298 "
+                "for compile_scope = 'lm+adapter' on one H100, bench/RESULTS.md); use "
+                "compile_scope 'lm' or 'lm+adapter' with CUDA graphs"
+            )
         at_least("train.bucket_window", t.bucket_window, 0)
         nonempty("train.output_dir", t.output_dir)
         nonempty("train.storage_path", t.storage_path)

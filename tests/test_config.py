@@ -257,6 +257,7 @@ def test_missing_base_is_reported(tmp_path: Path) -> None:
         ("train.precision=fp16", ["train.precision = 'fp16'", "'fp32'"]),
         ("train.frozen_dtype=fp16", ["train.frozen_dtype = 'fp16'", "'bf16'"]),
         ("train.compile_mode=fast", ["train.compile_mode = 'fast'", "'reduce-overhead'"]),
+        ("train.compile_scope=all", ["train.compile_scope = 'all'", "'lm+adapter'"]),
         ("model.diffusion_impl=spares", ["model.diffusion_impl = 'spares'", "'sparse'"]),
         ("model.gnn_type=gin", ["model.gnn_type = 'gin'", "'gcn'"]),
         ("tune.mode=maximum", ["tune.mode = 'maximum'", "'max'"]),
@@ -272,6 +273,13 @@ def test_validation_rules_name_field_and_value(override: str, fragments: list[st
     message = str(info.value)
     for fragment in fragments:
         assert fragment in message, (fragment, message)
+
+
+def test_whole_forward_cuda_graphs_are_refused_with_the_reason() -> None:
+    with pytest.raises(ConfigError, match="re-record every step"):
+        load_config("smoke", ["train.compile_scope=forward", "train.compile_mode=reduce-overhead"])
+    cfg = load_config("smoke", ["train.compile_scope=forward", "train.compile_mode=default"])
+    assert cfg.train.compile_scope == "forward"
 
 
 def test_boundary_values_are_accepted() -> None:
