@@ -94,9 +94,10 @@ def compile_or_fallback(
     scope: str = "lm",
     mode: str = "default",
 ) -> bool:
-    """Compile ``model``'s frozen LM body and run one forward + backward on ``batch`` to find
-    out now whether it works; on any error go back to eager. The probe's gradients are
-    discarded. Returns whether the model stays compiled."""
+    """Compile ``scope`` of ``model`` (see :meth:`g4mm.model.Graph4MM.compile_lm`) in ``mode``
+    and run one forward + backward on ``batch`` to find out now whether it works; on any error
+    go back to eager. The probe's gradients are discarded. Returns whether the model stays
+    compiled."""
     model.compile_lm(True, scope=scope, mode=mode)
     try:
         mark_step_begin(mode)
