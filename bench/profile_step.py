@@ -50,7 +50,7 @@ def setting(name: str, model, device: torch.device):
         yield
     finally:
         model.cast_frozen(torch.float32)
-        model.compile_lm(False)
+        model.compile_parts(False)
 
 
 def run_steps(model, batches, device, steps: int, name: str = "default") -> float:
@@ -68,12 +68,14 @@ def run_steps(model, batches, device, steps: int, name: str = "default") -> floa
     return time.perf_counter() - start
 
 
-def busy_ms(prof, steps: int) -> list[float]:
-    """[host, device] busy milliseconds per step: the sums of self times over all events."""
+def busy_ms(prof, steps: int, device: torch.device) -> list[float | None]:
+    """[host, device] busy milliseconds per step: the sums of self times over all events
+    (device None without CUDA: there is no separate device timeline)."""
     events = prof.key_averages()
-    host = sum(e.self_cpu_time_total for e in events)
-    device = sum(getattr(e, "self_device_time_total", 0) for e in events)
-    return [host / 1e3 / steps, device / 1e3 / steps]
+    host = sum(e.self_cpu_time_total for e in events) / 1e3 / steps
+    if device.type != "cuda":
+        return [host, None]
+    return [host, sum(e.self_device_time_total for e in events) / 1e3 / steps]
 
 
 def top_ops(prof, key: str, limit: int) -> str:
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                     activities.append(torch.profiler.ProfilerActivity.CUDA)
                 with torch.profiler.profile(activities=activities) as prof:
                     run_steps(model, batches, device, args.steps)
-                row += busy_ms(prof, args.steps)
+                row += busy_ms(prof, args.steps, device)
                 print(f"-- {name} b={b} {kind}: top operators by self host time")
                 print(top_ops(prof, "self_cpu_time_total", args.top))
                 if device.type == "cuda":

@@ -70,7 +70,7 @@ from common import (
     sync,
 )
 
-from g4mm.config import ExperimentConfig
+from g4mm.config import COMPILE_MODES, CUDA_GRAPH_MODES, ExperimentConfig
 from g4mm.data.collate import length_bucketed_batches
 from g4mm.model import Graph4MM, build_adapter
 from g4mm.model.inputs import Graph4MMInputs, ModalityInputs
@@ -275,7 +275,7 @@ def time_ours(
             log=notes.append,
         )
 
-    model.compile_lm(False)
+    model.compile_parts(False)
     model.cast_frozen(frozen_dtype_for(device, "auto", plan.frozen))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -297,7 +297,7 @@ def time_ours(
         flops += sum(lm_train_flops(model.lm.config, k + q, j) for k, j in zip(n, t, strict=True))
     compiled = model.is_compiled
     note = [m for m in notes if "compile" in m]
-    model.compile_lm(False)
+    model.compile_parts(False)
     model.cast_frozen(torch.float32)
     return {
         "seconds": seconds,
@@ -447,7 +447,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     Plan("full", compile_lm=True, compile_mode=mode),
                     Plan("full", True, scope="lm+adapter", compile_mode=mode),
                 ]
-                if mode not in ("reduce-overhead", "max-autotune"):  # see config validation
+                if mode not in CUDA_GRAPH_MODES:  # refused by config validation
                     plans.append(Plan("full", True, scope="forward", compile_mode=mode))
             if args.fp32_lm:
                 plans.append(Plan("full", frozen="fp32"))
@@ -456,7 +456,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 res = time_ours(model, batches, device, args.steps, args.warmup, plan)
             except Exception as err:  # one failing variant (a compile mode, OOM) is a row
-                model.compile_lm(False)
+                model.compile_parts(False)
                 model.cast_frozen(torch.float32)
                 note = f"failed: {type(err).__name__}: {err}"[:160]
                 rows.append({"step": plan.name, "batch": b, "kind": plan.kind, "note": note})
@@ -548,7 +548,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compile-mode",
         default="default",
-        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        choices=COMPILE_MODES,
         help="torch.compile mode of the compile rows (reduce-overhead = CUDA graphs)",
     )
     p.add_argument("--no-fp32-lm", action="store_true", help="skip the frozen-LM-fp32 row")

@@ -12,6 +12,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -243,7 +244,7 @@ class _Uncompilable:
         self.compiled = False
         self.calls: list[bool] = []
 
-    def compile_lm(self, enabled: bool = True, scope: str = "lm", **options) -> None:
+    def compile_parts(self, enabled: bool = True, scope: str = "lm", **options) -> None:
         self.compiled = enabled
         self.calls.append(enabled)
 
@@ -314,10 +315,6 @@ def test_compiled_forward_scope_matches_eager_loss_and_gradients(tiny_backbones,
     eager loss and adapter gradients (CPU inductor here; the GPU numbers are in RESULTS.md)."""
     from test_model import batch_for, make_model
 
-    from g4mm.config import COMPILE_SCOPES
-    from g4mm.model.graph4mm import COMPILE_SCOPES as MODEL_SCOPES
-
-    assert COMPILE_SCOPES == MODEL_SCOPES  # config.py may not import the model package
     model = make_model(tiny_backbones).eval()  # no dropout: both passes see the same graph
     batch = batch_for(model, tokenizer, b=3)
 
@@ -331,34 +328,50 @@ def test_compiled_forward_scope_matches_eager_loss_and_gradients(tiny_backbones,
         return out.loss.detach(), grads
 
     eager_loss, eager_grads = loss_and_grads()
-    model.compile_lm(True, scope="forward")
+    model.compile_parts(True, scope="forward")
     assert model.is_compiled
     try:
         loss, grads = loss_and_grads()
     finally:
-        model.compile_lm(False)
+        model.compile_parts(False)
     assert not model.is_compiled
     torch.testing.assert_close(loss, eager_loss, rtol=1e-4, atol=1e-5)
     assert grads.keys() == eager_grads.keys() and grads
     for name, grad in grads.items():
         torch.testing.assert_close(grad, eager_grads[name], rtol=1e-3, atol=1e-5, msg=name)
     with pytest.raises(ValueError, match="compile scope 'everything'"):
-        model.compile_lm(True, scope="everything")
+        model.compile_parts(True, scope="everything")
 
 
-def test_attention_kernels_turn_cudnn_sdpa_off_on_cuda_and_restore_it():
-    from g4mm.train.loop import attention_kernels
+def test_training_steps_run_without_cudnn_attention():
+    """train_loop runs forward and backward with SDPA's cuDNN backend switched off (it rebuilds a
+    graph per new sequence length) and restores the global setting afterwards."""
+    from g4mm.config import ExperimentConfig
+    from g4mm.train.loop import train_loop
 
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, inputs):
+            seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+            return SimpleNamespace(loss=self.w * 2.0)
+
+        def parameter_groups(self, weight_decay):
+            return [{"params": [self.w], "weight_decay": 0.0}]
+
+    cfg = ExperimentConfig()
+    cfg.train.max_steps = cfg.train.eval_every = 2
     before = torch.backends.cuda.cudnn_sdp_enabled()
-    try:
-        torch.backends.cuda.enable_cudnn_sdp(True)
-        with attention_kernels(torch.device("cuda")):  # only global flags: no GPU needed
-            assert not torch.backends.cuda.cudnn_sdp_enabled()
-        assert torch.backends.cuda.cudnn_sdp_enabled()
-        with attention_kernels(torch.device("cpu")):
-            assert torch.backends.cuda.cudnn_sdp_enabled()
-    finally:
-        torch.backends.cuda.enable_cudnn_sdp(before)
+    batch = SimpleNamespace(target_mask=torch.ones(1, 2), prompt_mask=torch.ones(1, 2),
+                            batch_size=1, to=lambda device: batch)  # fmt: skip
+    train_loop(model=Probe(), batches=iter([batch] * 2), cfg=cfg, device=torch.device("cpu"),
+               report=lambda m, s: None, log=lambda _: None, is_main=False)  # fmt: skip
+    assert seen == [False, False]
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
 
 
 def test_profile_step_quick(capsys):

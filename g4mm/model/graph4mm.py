@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from g4mm.config import COMPILE_SCOPES
 from g4mm.model.adapters import GRAPH4MM_VARIANTS, Graph4MMAdapter
 from g4mm.model.backbones import load_lm, load_vision
 from g4mm.model.baselines import ConcatAdapter, GNNConcatAdapter
@@ -32,7 +33,6 @@ from g4mm.model.encoders import image_feature_dim, text_feature_dim
 from g4mm.model.inputs import Graph4MMInputs
 
 VARIANTS = (*GRAPH4MM_VARIANTS, "mmgl_concat", "mmgl_gnn", "text_only")
-COMPILE_SCOPES = ("lm", "lm+adapter", "forward")
 _COMPILED = ("_compiled_body", "_compiled_adapter", "_compiled_forward")
 IGNORE_INDEX = -100
 
@@ -218,7 +218,7 @@ class Graph4MM(nn.Module):
             and getattr(config, "logit_scale", None) is None
         )
 
-    def compile_lm(self, enabled: bool = True, scope: str = "lm", **options: Any) -> None:
+    def compile_parts(self, enabled: bool = True, scope: str = "lm", **options: Any) -> None:
         """Run part of :meth:`forward` through ``torch.compile`` (``train.compile``); ``scope``
         (``train.compile_scope``) is ``"lm"`` (the frozen LM body), ``"lm+adapter"`` (and the
         adapter, whose many small ops fuse into few kernels) or ``"forward"`` (the whole
@@ -239,7 +239,7 @@ class Graph4MM(nn.Module):
 
     @property
     def is_compiled(self) -> bool:
-        """Whether :meth:`compile_lm` left any part compiled."""
+        """Whether :meth:`compile_parts` left any part compiled."""
         return any(self.__dict__.get(name) is not None for name in _COMPILED)
 
     def cast_frozen(self, dtype: torch.dtype) -> Graph4MM:

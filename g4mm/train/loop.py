@@ -7,7 +7,7 @@ adapter, AdamW (fused on CUDA) + warmup/cosine. Batches go to the GPU from pinne
 blocking, and the loss stays on the device between log lines: no per-step host
 synchronisation. ``train.compile`` runs the frozen LM body (or, by ``train.compile_scope``, more
 of the step) through ``torch.compile``, falling back to eager when compiling fails. On CUDA,
-attention runs without SDPA's cuDNN backend (see :func:`attention_kernels`).
+attention runs without SDPA's cuDNN backend (see :data:`TRAINING_SDPA_BACKENDS`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from g4mm.config import CUDA_GRAPH_MODES
 from g4mm.model.inputs import Graph4MMInputs, ModalityInputs
 from g4mm.train.checkpoint import training_state
 from g4mm.train.optim import build_optimizer, build_scheduler
@@ -47,25 +49,13 @@ def frozen_dtype_for(device: torch.device, precision: str, frozen_dtype: str) ->
     return torch.float32
 
 
-@contextlib.contextmanager
-def attention_kernels(device: torch.device) -> Iterator[None]:
-    """On CUDA, scaled-dot-product attention without the cuDNN backend (flash / memory-efficient
-    kernels instead), restored on exit.
-
-    cuDNN's SDPA builds an execution graph for every new sequence shape, and with real variable
-    lengths nearly every batch is a new shape: on one H100 (OPT-125M shape, batch 8, bucketed
-    lengths, bench/profile_step.py) a step took 118 ms with it and 43 ms without; at one fixed
-    length it was 5-15 % faster, which training never sees.
-    """
-    if device.type != "cuda":
-        yield
-        return
-    previous = torch.backends.cuda.cudnn_sdp_enabled()
-    torch.backends.cuda.enable_cudnn_sdp(False)
-    try:
-        yield
-    finally:
-        torch.backends.cuda.enable_cudnn_sdp(previous)
+#: SDPA kernels training may use (``torch.nn.attention.sdpa_kernel``): all but cuDNN's. cuDNN
+#: attention builds an execution graph for every new sequence shape, and with real variable
+#: lengths nearly every batch is a new shape: on one H100 (OPT-125M shape, batch 8, bucketed
+#: lengths, bench/profile_step.py) a step took 118 ms with it and 43 ms without; at one fixed
+#: length it was 5-19 % faster, which training never sees.
+TRAINING_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                          SDPBackend.MATH]  # fmt: skip
 
 
 def to_device(batch: Graph4MMInputs, device: torch.device) -> Graph4MMInputs:
@@ -94,18 +84,18 @@ def compile_or_fallback(
     scope: str = "lm",
     mode: str = "default",
 ) -> bool:
-    """Compile ``scope`` of ``model`` (see :meth:`g4mm.model.Graph4MM.compile_lm`) in ``mode``
+    """Compile ``scope`` of ``model`` (see :meth:`g4mm.model.Graph4MM.compile_parts`) in ``mode``
     and run one forward + backward on ``batch`` to find out now whether it works; on any error
     go back to eager. The probe's gradients are discarded. Returns whether the model stays
     compiled."""
-    model.compile_lm(True, scope=scope, mode=mode)
+    model.compile_parts(True, scope=scope, mode=mode)
     try:
         mark_step_begin(mode)
         with autocast_for(device, precision):
             out = model(to_device(batch, device))
         out.loss.backward()
     except Exception as err:  # compile failures surface as many exception types
-        model.compile_lm(False)
+        model.compile_parts(False)
         log(f"torch.compile failed, training eagerly: {type(err).__name__}: {err}"[:500])
         return False
     finally:
@@ -117,7 +107,7 @@ def compile_or_fallback(
 def mark_step_begin(compile_mode: str) -> None:
     """Tell CUDA-graph compile modes that a new iteration starts, so the previous step's graph
     outputs may be overwritten (no-op for the other modes)."""
-    if compile_mode in ("reduce-overhead", "max-autotune"):
+    if compile_mode in CUDA_GRAPH_MODES:
         torch.compiler.cudagraph_mark_step_begin()
 
 
@@ -172,7 +162,7 @@ def train_loop(
     if getattr(train_cfg, "compile", False):
         first = next(batches)
         batches = itertools.chain([first], batches)
-        with attention_kernels(device):
+        with sdpa_kernel(TRAINING_SDPA_BACKENDS):
             compile_or_fallback(
                 model, first, device, train_cfg.precision, log,
                 train_cfg.compile_scope, train_cfg.compile_mode,
@@ -182,7 +172,7 @@ def train_loop(
     window_loss = torch.zeros((), device=device)
     window_steps = window_samples = window_tokens = 0
     window_start = run_start = time.perf_counter()
-    with attention_kernels(device):
+    with sdpa_kernel(TRAINING_SDPA_BACKENDS):
         while step < train_cfg.max_steps:
             optimizer.zero_grad(set_to_none=True)
             for micro in range(train_cfg.grad_accum):

@@ -4,7 +4,8 @@ Driver: :func:`fit` builds a ``TorchTrainer`` (``ScalingConfig(num_workers, use_
 CPU / NCCL on GPU), feeds the train split with ``datasets=`` (split across workers), and returns
 the Ray ``Result``. Worker: :func:`train_loop_per_worker` builds the same components as the
 in-process trainer, wraps ONLY the adapter in DDP (frozen modules are neither synchronised nor
-trained), reads its shard with ``get_dataset_shard("train").iter_torch_batches``, resumes from
+trained), reads its shard with ``get_dataset_shard("train").iter_torch_batches`` (or, with
+``train.bucket_window``, in length-bucketed chunks through ``iter_batches``), resumes from
 ``ray.train.get_checkpoint()`` after a failure, and reports metrics + adapter checkpoints.
 """
 
