@@ -74,6 +74,7 @@ from g4mm.config import COMPILE_MODES, CUDA_GRAPH_MODES, ExperimentConfig
 from g4mm.data.collate import length_bucketed_batches
 from g4mm.model import Graph4MM, build_adapter
 from g4mm.model.inputs import Graph4MMInputs, ModalityInputs
+from g4mm.train.host_syncs import HostSyncAudit, audit_training_step
 from g4mm.train.loop import frozen_dtype_for, train_loop
 
 DEFAULT_ANCHOR = Path(__file__).resolve().parents[2] / "shared/anchors/official_shaped_step.py"
@@ -315,15 +316,19 @@ def time_ours(
     }
 
 
-def host_syncs_per_step(model: Graph4MM, batches: list, device: torch.device) -> float | None:
+def host_syncs_per_step(
+    model: Graph4MM, batches: list, device: torch.device
+) -> tuple[float, dict[str, float]] | None:
     """Host-device synchronisations per optimizer step of ``train_loop`` on CUDA, counted with
     ``torch.cuda.set_sync_debug_mode``: runs of 2 and 4 steps, the difference / 2 (each run's
-    closing log line and report sync once by design)."""
+    closing log line and report sync once by design). Also returns where they happen: the
+    Python line each sync warning points at, with its per-step count."""
     if device.type != "cuda":
         return None
     import warnings
+    from collections import Counter
 
-    counts = []
+    sites = []
     for steps in (2, 4):
         sync(device)
         with warnings.catch_warnings(record=True) as caught:
@@ -336,8 +341,20 @@ def host_syncs_per_step(model: Graph4MM, batches: list, device: torch.device) ->
                 )  # fmt: skip
             finally:
                 torch.cuda.set_sync_debug_mode(0)
-        counts.append(sum("synchroniz" in str(w.message) for w in caught))
-    return (counts[1] - counts[0]) / 2
+        sites.append(
+            Counter(
+                f"{Path(w.filename).name}:{w.lineno}"
+                for w in caught
+                if "synchroniz" in str(w.message)
+            )
+        )
+    per_step = {site: n / 2 for site, n in (sites[1] - sites[0]).items()}
+    return (sum(sites[1].values()) - sum(sites[0].values())) / 2, per_step
+
+
+def audited_syncs(model: Graph4MM, batch: Graph4MMInputs, device: torch.device) -> HostSyncAudit:
+    """:func:`g4mm.train.host_syncs.audit_training_step` on ``batch`` (any device, CPU too)."""
+    return audit_training_step(model, batch.to(device), device)
 
 
 def load_anchor(path: str | Path, quick: bool):
@@ -433,10 +450,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             torch.cuda.empty_cache()
 
     model = build_model(shape, device)
-    syncs = host_syncs_per_step(model, make_batches("full", args.batch[0], 2, shape), device)
-    meta["host_syncs_per_step"] = syncs
-    if syncs is not None:
-        print(f"host syncs per optimizer step (cuda sync debug mode): {syncs:g}", flush=True)
+    sync_batches = make_batches("full", args.batch[0], 2, shape)
+    audit = audited_syncs(model, sync_batches[0], device)
+    meta["audited_syncs_per_step"] = audit.on(device.type)
+    print(
+        f"would-be host syncs in one training step (dispatcher audit, {device.type} tensors): "
+        f"{audit.on(device.type)}" + ("" if not audit.count else f"\n{audit.report()}"),
+        flush=True,
+    )
+    counted = host_syncs_per_step(model, sync_batches, device)
+    if counted is not None:
+        meta["host_syncs_per_step"], meta["host_sync_sites"] = counted
+        sites = ", ".join(f"{site} x{n:g}" for site, n in counted[1].items()) or "none"
+        print(f"host syncs per optimizer step (cuda sync debug mode): {counted[0]:g} ({sites})")
     variants = ["full", "bucketed", "random"] if args.variable else ["full"]
     for b in args.batch:
         plans = [Plan(kind) for kind in variants]

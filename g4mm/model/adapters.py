@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch_geometric.utils import dense_to_sparse
 
-from g4mm.graph.batch import dense_batch_to_edge_index
 from g4mm.model.hop_attention import HopAwareAttention, HopDiffusedAttention
 from g4mm.model.inputs import Graph4MMInputs, ModalityInputs
 from g4mm.model.qformer import MMQFormer
@@ -63,10 +63,13 @@ class StructureEncoder(nn.Module):
             return self.layer(x, graph.hops, mask)
         if self.impl == "dense":
             return self.layer(x, graph.adj, mask)
-        edge_index, _ = dense_batch_to_edge_index(graph.adj, mask)
-        out = torch.zeros_like(x)
-        out[mask] = self.layer.forward_sparse(x[mask], edge_index)
-        return out
+        # every slot of the batch is a node of one disjoint union (padding slots get no edges
+        # and are zeroed below): no boolean selection, so no host sync but the edge count's
+        b, n, d = x.shape
+        allowed = graph.adj.bool() & mask[:, :, None] & mask[:, None, :]  # (B, N, N)
+        slots, _ = dense_to_sparse(allowed)  # (2, E): (b N + i, b N + j), i receives from j
+        out = self.layer.forward_sparse(x.reshape(b * n, d), slots.flip(0))  # (B N, d)
+        return out.view(b, n, d) * mask[..., None].to(x.dtype)
 
 
 class Graph4MMAdapter(nn.Module):

@@ -10,7 +10,7 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.utils import add_self_loops, remove_self_loops, scatter, softmax
+from torch_geometric.utils import scatter, softmax
 
 
 def diffusion_coefficients(alpha: float, num_hops: int) -> list[float]:
@@ -134,14 +134,21 @@ class HopDiffusedAttention(nn.Module):
         return (x + update) * node_mask[..., None].to(x.dtype)
 
     def forward_sparse(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        """Sparse path over a disjoint union of graphs: O(K |E| d) time, O(|E| d) memory."""
+        """Sparse path over a disjoint union of graphs: O(K |E| d) time, O(|E| d) memory.
+
+        Every node gets one self-loop; self-loops already in ``edge_index`` are kept as edges
+        but get no attention (score -inf) instead of being filtered out, so the op sequence
+        has no data-dependent shape (and no host sync on a GPU) beyond ``edge_index`` itself.
+        """
         num_nodes = x.shape[0]
-        edge_index, _ = remove_self_loops(edge_index)
-        edge_index, _ = add_self_loops(edge_index, num_nodes=num_nodes)
-        src, dst = edge_index  # message j -> i: dst i attends to src j
+        loops = torch.arange(num_nodes, device=edge_index.device)
+        src = torch.cat([edge_index[0], loops])  # (|E| + |V|,): message j -> i
+        dst = torch.cat([edge_index[1], loops])  # dst i attends to src j
+        duplicate_loop = torch.cat([edge_index[0] == edge_index[1], loops < 0])  # (|E| + |V|,)
 
         q, k, v = self._split_heads(x)  # (|V|, nh, hd)
-        scores = (q[dst] * k[src]).sum(-1) / math.sqrt(self.head_dim)  # (|E|, nh)
+        scores = (q[dst] * k[src]).sum(-1) / math.sqrt(self.head_dim)  # (|E'|, nh)
+        scores = scores.masked_fill(duplicate_loop[:, None], float("-inf"))
         attn = softmax(scores, index=dst, num_nodes=num_nodes)  # normalised per receiver
         attn = nn.functional.dropout(attn, self.dropout, self.training)[..., None]
 

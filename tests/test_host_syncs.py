@@ -1,0 +1,67 @@
+"""The host-sync audit finds what would stall a GPU step, and the training step has none."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_model import batch_for, make_model
+
+from g4mm.model.adapters import GRAPH4MM_VARIANTS
+from g4mm.train.host_syncs import HostSyncAudit, audit_training_step
+
+
+def _ops(audit: HostSyncAudit) -> list[str]:
+    return sorted(sync.op.split(".")[1] for sync in audit.syncs.elements())
+
+
+def test_audit_flags_scalar_reads_and_data_dependent_shapes():
+    x = torch.randn(6, 3)
+    mask = x[:, 0] > 0
+    with HostSyncAudit() as audit:
+        x.sum().item()
+        bool(mask.any())
+        x[mask]  # boolean indexing: the output length is the number of True rows
+        x.nonzero()
+        x.masked_select(x > 0)
+        torch.repeat_interleave(torch.arange(3), torch.tensor([1, 2, 3]))
+        y = x.clone()
+        y[mask] = 0.0
+    assert _ops(audit) == sorted(
+        ["_local_scalar_dense"] * 2
+        + ["index", "nonzero", "masked_select", "repeat_interleave", "index_put_"]
+    )
+    sync = next(iter(audit.syncs))
+    assert sync.where.startswith("tests/test_host_syncs.py:") and sync.device == "cpu"
+    assert audit.on("cpu") == audit.count == 7 and audit.on("cuda") == 0
+    assert "index" in audit.report()
+
+
+def test_audit_leaves_fixed_shape_ops_alone():
+    x = torch.randn(6, 3, requires_grad=True)
+    mask = x[:, 0] > 0
+    with HostSyncAudit() as audit:
+        y = torch.where(mask[:, None], x, 0.0) @ torch.randn(3, 3)
+        y = y[torch.tensor([0, 2])]  # integer (not boolean) indexing
+        y = y.cumsum(0).softmax(-1).masked_fill(~mask[:2, None], 0.0)
+        torch.repeat_interleave(torch.arange(3), torch.tensor([1, 2, 3]), output_size=6)
+        y.sum().backward()
+    assert audit.count == 0, audit.report()
+    assert audit.report() == "none"
+
+
+@pytest.mark.parametrize("variant", [*GRAPH4MM_VARIANTS, "mmgl_concat", "text_only"])
+def test_training_step_has_no_host_syncs(tiny_backbones, tokenizer, variant):
+    """Forward, backward, clipping and fused AdamW as on CUDA: every shape is fixed by the
+    batch's padded sizes, so the host never waits for the device inside a step."""
+    model = make_model(tiny_backbones, variant).train()
+    audit = audit_training_step(model, batch_for(model, tokenizer), torch.device("cpu"))
+    assert audit.count == 0, audit.report()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_sparse_diffusion_syncs_only_for_the_edge_count(tiny_backbones, tokenizer):
+    """The sparse path's one inherent sync per modality: the number of edges (``nonzero``)."""
+    model = make_model(tiny_backbones, diffusion_impl="sparse").train()
+    audit = audit_training_step(model, batch_for(model, tokenizer), torch.device("cpu"))
+    assert _ops(audit) == ["nonzero", "nonzero"], audit.report()
+    assert {sync.where.split(":")[0] for sync in audit.syncs} == {"g4mm/model/adapters.py"}
