@@ -118,6 +118,11 @@ def run_checks(device: str) -> list[tuple[str, str, str]]:
             ok(lm_same and moved and finite and losses[-1] < losses[0]),
         ))  # fmt: skip
 
+        # 3b. the step as training runs it by default on CUDA: train_loop with the frozen LM
+        # stored in bf16 (train.frozen_dtype=auto), fp32 adapter; first loss next to the
+        # fp32-stored LM's under autocast on the same weights and batch
+        rows.append(bf16_stored_training_check(kind, device, tokenizer, inputs))
+
         # 4. cached generation == greedy with a full forward per token (fp32, cuda). HF
         # generate ignores use_cache=False when given inputs_embeds, so the reference is a
         # hand loop without any cache (bench/generate.py), EOS suppressed on both sides.
@@ -154,6 +159,43 @@ def run_checks(device: str) -> list[tuple[str, str, str]]:
                     )
                 )
     return rows
+
+
+def bf16_stored_training_check(kind: str, device: str, tokenizer, inputs) -> tuple[str, str, str]:
+    """5 steps of :func:`g4mm.train.loop.train_loop` with the frozen backbones stored in
+    ``frozen_dtype_for(device, "auto", "auto")`` (bf16 on CUDA): finite, falling loss, frozen
+    LM bit-identical and still in that dtype, fp32 adapter moved, and the first step's loss
+    within 2 % of the fp32-stored LM's under the same autocast."""
+    from g4mm.config import ExperimentConfig
+    from g4mm.train.loop import autocast_for, frozen_dtype_for, train_loop
+
+    dev = torch.device(device)
+    dtype = frozen_dtype_for(dev, "auto", "auto")
+    model = tiny_model(kind, "hop_diffused", device, tokenizer).train()
+    with torch.no_grad(), autocast_for(dev, "auto"):
+        reference = model(inputs).loss.item()  # fp32-stored frozen weights under autocast
+    model.cast_frozen(dtype)
+    frozen = {k: v.clone() for k, v in model.lm.state_dict().items()}
+    before = model.adapter_state_dict()
+    cfg = ExperimentConfig()
+    cfg.train.max_steps, cfg.train.eval_every, cfg.train.warmup_steps = 5, 1, 0
+    cfg.train.lr, cfg.train.precision = 1e-3, "auto"
+    history = train_loop(model=model, batches=iter([inputs] * 5), cfg=cfg, device=dev,
+                         report=lambda m, s: None, log=lambda _: None)  # fmt: skip
+    losses = [h["train_loss"] for h in history]
+    lm_same = all(torch.equal(v, frozen[k]) for k, v in model.lm.state_dict().items())
+    lm_dtype = {p.dtype for p in model.lm.parameters()} == {dtype}
+    after = model.adapter_state_dict()
+    moved = any(not torch.equal(v, before[k]) for k, v in after.items())
+    fp32 = {v.dtype for v in after.values() if v.is_floating_point()} == {torch.float32}
+    close = abs(losses[0] - reference) <= 0.02 * abs(reference)
+    finite = all(torch.isfinite(torch.tensor(losses)))
+    return (
+        f"{kind}: train_loop, frozen LM stored {str(dtype)[6:]} x5",
+        f"loss {losses[0]:.3f}->{losses[-1]:.3f} (fp32-stored {reference:.3f}), LM frozen "
+        f"{lm_same and lm_dtype}, fp32 adapter moved {moved and fp32}",
+        ok(finite and close and losses[-1] < losses[0] and lm_same and lm_dtype and moved and fp32),
+    )
 
 
 def ok(flag: bool) -> str:

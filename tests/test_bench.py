@@ -29,6 +29,7 @@ import train_step  # noqa: E402
 
 from g4mm.data.collate import GraphCollator, length_bucketed_batches  # noqa: E402
 from g4mm.data.schema import feature_key  # noqa: E402
+from g4mm.model.encoders import image_feature_dim, text_feature_dim  # noqa: E402
 
 ANCHOR = train_step.DEFAULT_ANCHOR
 
@@ -307,6 +308,19 @@ def test_training_with_bf16_frozen_lm_moves_only_the_fp32_adapter(tiny_backbones
     after = model.adapter.state_dict()
     assert {v.dtype for v in after.values() if v.is_floating_point()} == {torch.float32}
     assert any(not torch.equal(v, after[k]) for k, v in adapter_before.items())
+
+
+def test_gpu_check_training_default_check_runs_on_cpu(tokenizer):
+    """bench/gpu_check's train_loop check (bf16-stored LM on CUDA) on CPU, where training
+    keeps fp32: the same code path, so its first loss equals the reference exactly."""
+    import gpu_check
+
+    model = gpu_check.tiny_model("opt", "hop_diffused", "cpu", tokenizer)
+    inputs = random_inputs(3, text_feature_dim(model.lm), image_feature_dim(model.vision),
+                           len(tokenizer), tokenizer.pad_token_id)  # fmt: skip
+    name, result, verdict = gpu_check.bf16_stored_training_check("opt", "cpu", tokenizer, inputs)
+    assert verdict == "PASS", result
+    assert "stored float32" in name and "LM frozen True" in result
 
 
 @pytest.mark.slow

@@ -385,3 +385,46 @@ def test_products_corpus_texts(products):
     texts = list(corpus_texts(out))
     assert len(texts) == 400 + len(PRODUCT_CLASS_NAMES)
     assert texts[-len(PRODUCT_CLASS_NAMES) :] == PRODUCT_CLASS_NAMES
+
+
+def _file_digests(root: Path) -> dict[str, str]:
+    """md5 of every file's content (gzip members decompressed: their header holds a time)."""
+    import gzip
+
+    digests = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if path.suffix == ".gz":
+            data = gzip.decompress(data)
+        digests[str(path.relative_to(root))] = hashlib.md5(data).hexdigest()
+    return digests
+
+
+def test_docs_generated_in_parallel_chunks_are_the_same_files(tmp_path):
+    """Pages and images made in 5 chunks by 2 processes (as the pipeline does with Ray tasks)
+    are byte for byte the serial generator's."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    serial = write_synthetic_docs(tmp_path / "serial", num_pages=30, seed=4)
+    with ProcessPoolExecutor(2) as pool:
+        chunked = write_synthetic_docs(
+            tmp_path / "chunked", num_pages=30, seed=4, chunks=5,
+            map_chunks=lambda fn, jobs: list(pool.map(fn, jobs)),
+        )  # fmt: skip
+    assert chunked == serial
+    digests = _file_digests(tmp_path / "serial")
+    assert len(digests) > 30 + 3
+    assert _file_digests(tmp_path / "chunked") == digests
+
+
+def test_synthetic_generator_imports_neither_pyg_nor_transformers():
+    """Ray workers that generate pages import this module: it must stay light."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, g4mm.data.synthetic; "
+        "print(sorted(m for m in ('torch_geometric', 'transformers', 'ray') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

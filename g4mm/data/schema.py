@@ -16,7 +16,21 @@ from typing import Literal
 
 import pyarrow as pa
 
-__all__ = ["FEATURE_SCHEMA", "SAMPLE_SCHEMA", "feature_key"]
+__all__ = ["FEATURE_SCHEMA", "SAMPLE_SCHEMA", "SEQUENCE_FIELDS", "feature_key"]
+
+#: Per-section sequence features of a WikiWeb2M record (read by g4mm.data.wikiweb2m, written
+#: by the synthetic generator).
+SEQUENCE_FIELDS: tuple[str, ...] = (
+    "section_title",
+    "section_depth",
+    "section_heading_level",
+    "section_parent_index",
+    "section_clean_1st_sentence",
+    "section_rest_sentence",
+    "section_image_url",
+    "section_image_captions",
+    "is_section_summarization_sample",
+)
 
 _I32_LIST = pa.list_(pa.int32())
 

@@ -60,19 +60,23 @@ class.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
+from g4mm.data.schema import SEQUENCE_FIELDS
 from g4mm.data.tfrecord import iter_tfrecords, parse_sequence_example, sequence_example
 from g4mm.data.tfrecord import write_tfrecords as _write_tfrecords
-from g4mm.data.wikiweb2m import SEQUENCE_FIELDS
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "ATTRIBUTE_WORDS",
@@ -89,6 +93,9 @@ __all__ = [
 ]
 
 GENERATOR_VERSION = 1
+
+#: ``map_chunks(fn, jobs) -> [fn(job) for job in jobs]``, possibly parallel (None: in order here).
+MapChunks = Callable[[Callable[[Any], Any], Sequence[Any]], Sequence[Any]] | None
 
 #: Well-separated object colours (docs).
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -584,6 +591,9 @@ def write_synthetic_docs(
     image_size: int = 32,
     seed: int = 0,
     shards: int = 4,
+    *,
+    chunks: int = 1,
+    map_chunks: MapChunks = None,
 ) -> dict:
     """Write a WikiWeb2M-shaped synthetic dataset (see the module docstring for the task).
 
@@ -602,6 +612,10 @@ def write_synthetic_docs(
         image_size: side of the square images in pixels (>= 8).
         seed: generator seed; page ``i``'s content depends only on ``seed`` and ``i``.
         shards: maximal number of TFRecord files (>= 1).
+        chunks: pages are generated and their images rendered in this many chunks of
+            consecutive pages (the output does not depend on it).
+        map_chunks: ``map_chunks(fn, jobs)`` returns ``[fn(job) for job in jobs]`` in order,
+            possibly in parallel (the pipeline passes Ray tasks); default the builtin map.
 
     Returns:
         ``{"pages", "sections", "images", "targets": {split: n}, "pages_per_split": {split: n},
@@ -611,9 +625,14 @@ def write_synthetic_docs(
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     splits = _page_splits(num_pages, seed)
-    pages = [_make_page(i, splits[i], seed) for i in range(num_pages)]
+    jobs = [
+        [(int(i), splits[int(i)]) for i in chunk]
+        for chunk in np.array_split(np.arange(num_pages), max(1, min(chunks, num_pages)))
+    ]
+    render = functools.partial(_make_pages, images_dir=out / "images", size=image_size, seed=seed)
+    pages = [page for chunk in (map_chunks or _serial_map)(render, jobs) for page in chunk]
     shard_files = _write_doc_shards(out, pages, min(shards, num_pages))
-    _write_doc_images(out / "images", pages, image_size, seed)
+    _write_manifest(out / "images", [(url, name) for p in pages for url, name, _, _ in p.images])
     with open(out / "metadata.jsonl", "w") as f:
         f.writelines(json.dumps(p.meta, sort_keys=True) + "\n" for p in pages)
     counts = _doc_counts(pages, shard_files)
@@ -637,14 +656,27 @@ def _write_doc_shards(out: Path, pages: list[_Page], n_shards: int) -> list[str]
     return names
 
 
-def _write_doc_images(images_dir: Path, pages: list[_Page], size: int, seed: int) -> None:
-    """Render every page's images and write manifest.csv (url,path)."""
-    rows = []
-    for page in pages:
-        rng = np.random.default_rng([seed, 2, page.meta["page"]])
-        for url, name, attrs, _ in page.images:
+def _make_pages(
+    indices: list[tuple[int, str]], images_dir: Path, size: int, seed: int
+) -> list[_Page]:
+    """Generate the pages ``(index, split)`` and render their images into ``images_dir``
+    (each page's images from their own seeded generator: any chunking gives the same files)."""
+    pages = []
+    for index, split in indices:
+        page = _make_page(index, split, seed)
+        rng = np.random.default_rng([seed, 2, index])
+        for _, name, attrs, _ in page.images:
             _save_image(render_image(attrs, size, rng), images_dir / name)
-            rows.append((url, name))
+        pages.append(page)
+    return pages
+
+
+def _serial_map(fn: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
+    return [fn(job) for job in jobs]
+
+
+def _write_manifest(images_dir: Path, rows: list[tuple[str, str]]) -> None:
+    """``manifest.csv`` (url,path) in page order."""
     with open(images_dir / "manifest.csv", "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["url", "path"])
@@ -722,6 +754,8 @@ def _product_split(
     labels: np.ndarray, zero_shot: list[int], rng: np.random.Generator
 ) -> dict[str, torch.Tensor]:
     """80/10/10 over labeled nodes; zero-shot classes removed from train."""
+    import torch  # not at import: page generation runs in light Ray workers
+
     labeled = rng.permutation(np.flatnonzero(labels >= 0))
     n_val = n_test = round(0.1 * len(labeled))
     val, test, train = labeled[:n_val], labeled[n_val : n_val + n_test], labeled[n_val + n_test :]
@@ -829,6 +863,8 @@ def _save_product_files(
 ) -> None:
     """The ``.pt`` files (plain tensors and dicts: ``torch.load(weights_only=True)`` works),
     raw-text jsonl, class names and zero-shot classes."""
+    import torch
+
     torch.save(torch.as_tensor(edges, dtype=torch.long).reshape(-1, 2), out / "nc_edges-nodeid.pt")
     torch.save(torch.as_tensor(labels, dtype=torch.long), out / "labels-w-missing.pt")
     torch.save(split, out / "split.pt")

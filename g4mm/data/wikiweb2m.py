@@ -35,25 +35,13 @@ from google.protobuf.message import DecodeError
 
 from g4mm.data.images import check_image, load_manifest, resolve_image
 from g4mm.data.records import ReadStats, SourceGraph, TargetSpec, normalise_split
+from g4mm.data.schema import SEQUENCE_FIELDS
 from g4mm.data.tfrecord import iter_tfrecords, parse_sequence_example
 from g4mm.graph import EdgeType, MultimodalGraph
 
 __all__ = ["SEQUENCE_FIELDS", "iter_wikiweb2m", "read_wikiweb2m_record"]
 
 log = logging.getLogger(__name__)
-
-#: Per-section sequence features read from each record.
-SEQUENCE_FIELDS: tuple[str, ...] = (
-    "section_title",
-    "section_depth",
-    "section_heading_level",
-    "section_parent_index",
-    "section_clean_1st_sentence",
-    "section_rest_sentence",
-    "section_image_url",
-    "section_image_captions",
-    "is_section_summarization_sample",
-)
 
 Edge = tuple[str, str, EdgeType]
 

@@ -2,7 +2,8 @@
 
 Stages (each prints one progress line with counts and elapsed seconds)::
 
-    raw      synthetic sources only: generate raw files under output_dir/raw/<dataset>
+    raw      synthetic sources only: generate raw files under output_dir/raw/<dataset> (docs:
+             pages and images in Ray tasks, chunks of consecutive pages)
     read     WikiWeb2M: (file, stripe) work items over blocks -> one SourceGraph per record ->
              sample rows; MM-GRAPH / parquet: the graph read once in one task, its target nodes
              spread over blocks for sample building
@@ -40,7 +41,7 @@ from g4mm.pipeline.cache import (
     new_tmp_dir,
 )
 from g4mm.pipeline.embed import ImageEmbedder, TextEmbedder
-from g4mm.pipeline.ray_runtime import cluster_cpus, cluster_gpus, init_ray
+from g4mm.pipeline.ray_runtime import cluster_cpus, cluster_gpus, init_ray, ray_map
 
 __all__ = ["REPORT_NAME", "run_preprocess"]
 
@@ -89,8 +90,9 @@ def _ensure_raw(cfg: ExperimentConfig, output_dir: Path) -> DataConfig:
         tmp = new_tmp_dir(output_dir)
         if d.dataset == "synthetic-docs":
             synthetic.write_synthetic_docs(
-                tmp, num_pages=d.num_pages, image_size=d.image_size, seed=d.seed
-            )
+                tmp, num_pages=d.num_pages, image_size=d.image_size, seed=d.seed,
+                chunks=4 * cluster_cpus(), map_chunks=ray_map,
+            )  # fmt: skip
         else:
             synthetic.write_synthetic_products(
                 tmp, num_products=d.num_products, image_size=d.image_size, seed=d.seed

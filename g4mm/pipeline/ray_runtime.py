@@ -9,11 +9,13 @@ switched off (map stages scale 1 -> 2 CPUs only without it on small machines).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import ray
 from ray.data import DataContext
 
-__all__ = ["cluster_cpus", "cluster_gpus", "configure_data_context", "init_ray"]
+__all__ = ["cluster_cpus", "cluster_gpus", "configure_data_context", "init_ray", "ray_map"]
 
 
 def configure_data_context(progress_bars: bool | None = None) -> DataContext:
@@ -71,3 +73,14 @@ def cluster_cpus() -> int:
 def cluster_gpus() -> int:
     """GPUs of the connected cluster (0 when none)."""
     return int(ray.cluster_resources().get("GPU", 0))
+
+
+def _apply(fn: Callable[[Any], Any], job: Any) -> Any:
+    return fn(job)
+
+
+def ray_map(fn: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
+    """``[fn(job) for job in jobs]`` as one Ray task per job (one CPU each), results in order.
+    ``fn`` may be any picklable callable (e.g. a ``functools.partial``)."""
+    remote = ray.remote(num_cpus=1)(_apply)
+    return ray.get([remote.remote(fn, job) for job in jobs])
