@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -419,4 +420,7 @@ def test_pipeline_bench_quick(capsys):
 
     assert pipeline.main(["--quick", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
-    assert "with 2 CPUs" in out
+    row = next(line for line in out.splitlines() if line.startswith("| 1 -> 2, pinned |"))
+    ratios = [float(r) for r in re.findall(r"\(x([0-9.]+)\)", row)]
+    assert len(ratios) == 3 and all(r > 0 for r in ratios)
+    assert "cache hit:" in out

@@ -189,3 +189,38 @@ def test_bucketed_chunk_batches_sort_each_ray_style_chunk(collator):
     batches = list(bucketed_chunk_batches(chunks, collator, 4, seed=0, window=4))
     assert len(batches) == 4 + 4 + 2 and all(b.batch_size == 4 for b in batches)
     assert sum(map(_padding, batches)) / len(batches) < 1.1
+
+
+def test_collated_tokens_equal_the_tokenizers_own_padding(collator, tokenizer):
+    """The collator pads the ids it encoded once exactly as the tokenizer pads: prompts on the
+    left, targets (+ EOS, capped) on the right; passing the encodings back gives the same
+    batch, and ``encode``'s lengths are the collated mask sums."""
+    rows = _rows_of_varied_length(7, seed=3)
+    rows[2]["target_text"] = "a red circle above a blue square with stripes and dots " * 3
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        prompts = tokenizer([r["prompt"] for r in rows], padding=True, truncation=True,
+                            max_length=collator.max_prompt_tokens, return_tensors="pt")  # fmt: skip
+    finally:
+        tokenizer.padding_side = side
+    batch = collator(rows)
+    assert torch.equal(batch.prompt_ids, prompts["input_ids"])
+    assert torch.equal(batch.prompt_mask, prompts["attention_mask"].bool())
+    ids = [tokenizer(r["target_text"], add_special_tokens=False)["input_ids"] for r in rows]
+    ids = [[*seq, tokenizer.eos_token_id][: collator.max_target_tokens] for seq in ids]
+    width = max(map(len, ids))
+    assert batch.target_ids.shape == (7, width) and width == collator.max_target_tokens
+    for row, seq in enumerate(ids):
+        assert batch.target_ids[row, : len(seq)].tolist() == seq
+        assert batch.target_mask[row].tolist() == [True] * len(seq) + [False] * (width - len(seq))
+        assert set(batch.target_ids[row, len(seq) :].tolist()) <= {tokenizer.pad_token_id}
+    encoded = collator.encode(rows)
+    again = collator(rows, encoded)
+    assert torch.equal(again.prompt_ids, batch.prompt_ids)
+    assert torch.equal(again.target_ids, batch.target_ids)
+    real = (batch.prompt_mask.sum(1) + batch.target_mask.sum(1)).tolist()
+    assert encoded.lengths() == collator.token_lengths(rows) == real
+    picked = collator([rows[4], rows[1]], encoded.select([4, 1]))
+    assert torch.equal(picked.target_ids, collator([rows[4], rows[1]]).target_ids)
+    with pytest.raises(ValueError, match="2 prompts for 3 rows"):
+        collator(rows[:3], encoded.select([0, 1]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -66,6 +66,39 @@ def length_bucketed_batches(
     return batches
 
 
+class Encoded(NamedTuple):
+    """Unpadded token ids of some rows (:meth:`GraphCollator.encode`)."""
+
+    prompts: list[list[int]]
+    targets: list[list[int]] | None
+
+    def lengths(self) -> list[int]:
+        """Prompt + target tokens per row."""
+        if self.targets is None:
+            return [len(p) for p in self.prompts]
+        return [len(p) + len(t) for p, t in zip(self.prompts, self.targets, strict=True)]
+
+    def select(self, rows: Sequence[int]) -> Encoded:
+        """The encodings of ``rows`` (indices), in that order."""
+        targets = None if self.targets is None else [self.targets[i] for i in rows]
+        return Encoded([self.prompts[i] for i in rows], targets)
+
+
+def _pad(
+    seqs: list[list[int]], pad_id: int, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids (B, W), mask (B, W))``, W the longest sequence; prompts are padded on the left,
+    targets on the right, as the tokenizer pads with that padding side."""
+    width = max((len(seq) for seq in seqs), default=0)
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=bool)
+    for i, seq in enumerate(seqs):
+        if seq:
+            span = slice(width - len(seq), width) if left else slice(0, len(seq))
+            ids[i, span], mask[i, span] = seq, True
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
 @dataclass
 class GraphCollator:
     """Builds :class:`Graph4MMInputs` from sample rows.
@@ -91,56 +124,46 @@ class GraphCollator:
     with_targets: bool = True
     missing_features: dict[str, int] = field(default_factory=lambda: {"text": 0, "image": 0})
 
-    def __call__(self, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Graph4MMInputs:
+    def __call__(
+        self,
+        batch: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        encoded: Encoded | None = None,
+    ) -> Graph4MMInputs:
+        """Collate ``batch``; ``encoded`` (its rows' :meth:`encode`, e.g. kept from computing
+        :meth:`token_lengths`) saves tokenizing them again."""
         rows = rows_from_columns(batch)
-        prompt_ids, prompt_mask = self._prompts([str(r["prompt"]) for r in rows])
+        prompts, targets = encoded if encoded is not None else self.encode(rows)
+        if len(prompts) != len(rows):
+            raise ValueError(f"encoded holds {len(prompts)} prompts for {len(rows)} rows")
+        prompt_ids, prompt_mask = _pad(prompts, self.tokenizer.pad_token_id, left=True)
         text = self._modality(rows, "text", "text_nodes", self.text_features, self.text_dim,
                               self.max_text_nodes)  # fmt: skip
         image = self._modality(rows, "image", "image_paths", self.image_features, self.image_dim,
                                self.max_image_nodes)  # fmt: skip
         inputs = Graph4MMInputs(prompt_ids, prompt_mask, text, image)
         if self.with_targets:
-            inputs.target_ids, inputs.target_mask = self._targets(
-                [str(r.get("target_text") or "") for r in rows]
-            )
+            assert targets is not None
+            inputs.target_ids, inputs.target_mask = _pad(targets, self.tokenizer.pad_token_id)
         return inputs
 
-    def token_lengths(self, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[int]:
-        """Real LM tokens per row as collated (prompt + target, both capped), for
-        :func:`length_bucketed_batches`; the soft tokens add the same count to every row."""
+    def encode(self, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Encoded:
+        """Token ids per row as collated, unpadded: prompts truncated to ``max_prompt_tokens``
+        (special tokens added, BOS kept), targets (when ``with_targets``, else None) + EOS,
+        cut to ``max_target_tokens``."""
         rows = rows_from_columns(batch)
         tok = self.tokenizer
         prompts = tok([str(r["prompt"]) for r in rows], truncation=True,
                       max_length=self.max_prompt_tokens)["input_ids"]  # fmt: skip
         if not self.with_targets:
-            return [len(p) for p in prompts]
-        targets = tok([str(r.get("target_text") or "") for r in rows],
-                      add_special_tokens=False)["input_ids"]  # fmt: skip
-        cap = self.max_target_tokens
-        return [len(p) + min(len(t) + 1, cap) for p, t in zip(prompts, targets, strict=True)]
+            return Encoded(prompts, None)
+        ids = tok([str(r.get("target_text") or "") for r in rows],
+                  add_special_tokens=False)["input_ids"]  # fmt: skip
+        return Encoded(prompts, [[*seq, tok.eos_token_id][: self.max_target_tokens] for seq in ids])
 
-    def _prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        tok = self.tokenizer
-        side = tok.padding_side
-        tok.padding_side = "left"
-        try:
-            enc = tok(prompts, padding=True, truncation=True, max_length=self.max_prompt_tokens,
-                      return_tensors="pt")  # fmt: skip
-        finally:
-            tok.padding_side = side
-        return enc["input_ids"], enc["attention_mask"].bool()
-
-    def _targets(self, targets: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        tok = self.tokenizer
-        ids = tok(targets, add_special_tokens=False)["input_ids"]
-        ids = [[*seq, tok.eos_token_id][: self.max_target_tokens] for seq in ids]
-        width = max(len(seq) for seq in ids)
-        target_ids = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
-        target_mask = torch.zeros((len(ids), width), dtype=torch.bool)
-        for i, seq in enumerate(ids):
-            target_ids[i, : len(seq)] = torch.tensor(seq)
-            target_mask[i, : len(seq)] = True
-        return target_ids, target_mask
+    def token_lengths(self, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[int]:
+        """Real LM tokens per row as collated (prompt + target, both capped), for
+        :func:`length_bucketed_batches`; the soft tokens add the same count to every row."""
+        return self.encode(batch).lengths()
 
     def _modality(
         self,

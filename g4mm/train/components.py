@@ -88,10 +88,11 @@ def cycle_batches(
     if len(rows) < batch_size:
         raise ValueError(f"{len(rows)} training rows: fewer than one batch of {batch_size}")
     if bucket_window:
-        lengths = collator.token_lengths(rows)
+        encoded = collator.encode(rows)  # tokenized once, for the lengths and every epoch
+        lengths = encoded.lengths()
         for epoch in itertools.count():
             for group in length_bucketed_batches(lengths, batch_size, seed + epoch, bucket_window):
-                yield collator([rows[i] for i in group])
+                yield collator([rows[i] for i in group], encoded.select(group))
     rng = random.Random(seed)
     order = list(range(len(rows)))
     while True:
@@ -113,9 +114,9 @@ def bucketed_chunk_batches(
     batches, in shuffled order; a chunk's last partial batch is dropped."""
     for index, chunk in enumerate(chunks):
         rows = rows_from_columns(chunk)
-        lengths = collator.token_lengths(rows)
-        for group in length_bucketed_batches(lengths, batch_size, seed + index, window):
-            yield collator([rows[i] for i in group])
+        encoded = collator.encode(rows)  # tokenized once: lengths, then the batches
+        for group in length_bucketed_batches(encoded.lengths(), batch_size, seed + index, window):
+            yield collator([rows[i] for i in group], encoded.select(group))
 
 
 def evaluate_checkpoint(
