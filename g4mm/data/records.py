@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from g4mm.graph import MultimodalGraph
+if TYPE_CHECKING:  # an annotation only: this module stays free of torch and torch_geometric,
+    from g4mm.graph import MultimodalGraph  # so the preprocessing driver imports neither
 
 __all__ = ["IMAGE_STATUSES", "SPLITS", "ReadStats", "SourceGraph", "TargetSpec", "normalise_split"]
 

@@ -1,51 +1,48 @@
 """Graph4MM's model: hop attention, MM-QFormer, adapters, baselines and the LM wrapper.
 
 Ray-free by design: this package runs in a plain Python process (also on a GPU box without Ray).
+
+Exports resolve lazily (PEP 562): importing a submodule (e.g. the backbone registry, which the
+preprocessing cache key needs) does not import torch_geometric, transformers and the rest.
 """
 
-from g4mm.model.adapters import GRAPH4MM_VARIANTS, Graph4MMAdapter, StructureEncoder
-from g4mm.model.backbones import (
-    BACKBONES,
-    BackboneNotFoundError,
-    load_lm,
-    load_vision,
-    resolve_backbone,
-)
-from g4mm.model.baselines import BASELINE_VARIANTS, ConcatAdapter, GNNConcatAdapter
-from g4mm.model.encoders import mean_pooled_text_features, pooled_image_features
-from g4mm.model.graph4mm import VARIANTS, Graph4MM, Graph4MMOutput, build_adapter
-from g4mm.model.hop_attention import (
-    HopAwareAttention,
-    HopDiffusedAttention,
-    diffusion_coefficients,
-)
-from g4mm.model.inputs import Graph4MMInputs, ModalityInputs
-from g4mm.model.qformer import MaskedAttention, MMQFormer, MMQFormerLayer
+from __future__ import annotations
 
-__all__ = [
-    "BACKBONES",
-    "BASELINE_VARIANTS",
-    "GRAPH4MM_VARIANTS",
-    "VARIANTS",
-    "BackboneNotFoundError",
-    "ConcatAdapter",
-    "GNNConcatAdapter",
-    "Graph4MM",
-    "Graph4MMAdapter",
-    "Graph4MMInputs",
-    "Graph4MMOutput",
-    "HopAwareAttention",
-    "HopDiffusedAttention",
-    "MMQFormer",
-    "MMQFormerLayer",
-    "MaskedAttention",
-    "ModalityInputs",
-    "StructureEncoder",
-    "build_adapter",
-    "diffusion_coefficients",
-    "load_lm",
-    "load_vision",
-    "mean_pooled_text_features",
-    "pooled_image_features",
-    "resolve_backbone",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "GRAPH4MM_VARIANTS": "g4mm.model.adapters",
+    "Graph4MMAdapter": "g4mm.model.adapters",
+    "StructureEncoder": "g4mm.model.adapters",
+    "BACKBONES": "g4mm.model.backbones",
+    "BackboneNotFoundError": "g4mm.model.backbones",
+    "load_lm": "g4mm.model.backbones",
+    "load_vision": "g4mm.model.backbones",
+    "resolve_backbone": "g4mm.model.backbones",
+    "BASELINE_VARIANTS": "g4mm.model.baselines",
+    "ConcatAdapter": "g4mm.model.baselines",
+    "GNNConcatAdapter": "g4mm.model.baselines",
+    "mean_pooled_text_features": "g4mm.model.encoders",
+    "pooled_image_features": "g4mm.model.encoders",
+    "VARIANTS": "g4mm.model.graph4mm",
+    "Graph4MM": "g4mm.model.graph4mm",
+    "Graph4MMOutput": "g4mm.model.graph4mm",
+    "build_adapter": "g4mm.model.graph4mm",
+    "HopAwareAttention": "g4mm.model.hop_attention",
+    "HopDiffusedAttention": "g4mm.model.hop_attention",
+    "diffusion_coefficients": "g4mm.model.hop_attention",
+    "Graph4MMInputs": "g4mm.model.inputs",
+    "ModalityInputs": "g4mm.model.inputs",
+    "MaskedAttention": "g4mm.model.qformer",
+    "MMQFormer": "g4mm.model.qformer",
+    "MMQFormerLayer": "g4mm.model.qformer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

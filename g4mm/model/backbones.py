@@ -14,23 +14,19 @@ tiny            vision  ``<artifact_dir>/backbones/tiny-vision`` built offline
 ==============  ======  ======================================  ==============================
 
 A name that is an existing directory is used as it is, so any local HF checkpoint works.
+
+transformers is imported by the loaders only: resolving a name (the preprocessing cache key
+does, before anything is loaded) costs no import.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    CLIPVisionModel,
-    PreTrainedModel,
-)
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 Kind = Literal["lm", "vision"]
 
@@ -114,6 +110,8 @@ def load_lm(name: str, artifact_dir: str | Path = "artifacts", **kwargs):
 
     The tokenizer gets a pad token (its eos) when it has none.
     """
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # not at import: see module doc
+
     source = resolve_backbone(name, "lm", artifact_dir)
     tokenizer = _from_pretrained(AutoTokenizer, source, name, "lm")
     if tokenizer.pad_token is None:
@@ -128,6 +126,8 @@ def load_vision(name: str, artifact_dir: str | Path = "artifacts", **kwargs):
     CLIP checkpoints (full or vision-only) load as :class:`CLIPVisionModel`; anything else
     through :class:`AutoModel`, which must produce ``pooler_output``.
     """
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPVisionModel
+
     source = resolve_backbone(name, "vision", artifact_dir)
     config = _from_pretrained(AutoConfig, source, name, "vision")
     loader = CLIPVisionModel if config.model_type in ("clip", "clip_vision_model") else AutoModel

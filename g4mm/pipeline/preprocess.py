@@ -113,7 +113,7 @@ def _ensure_raw(cfg: ExperimentConfig, output_dir: Path) -> DataConfig:
 
 def _read_and_build(cfg: ExperimentConfig, data_cfg: DataConfig) -> tuple[ray.data.Dataset, dict]:
     """Sample rows (+ bookkeeping columns), materialized, and the merged read stats."""
-    from g4mm.data.records import ReadStats  # torch: not at import (workers import this module)
+    from g4mm.data.records import ReadStats  # light (no torch), but workers need not import it
 
     num_blocks = max(1, cfg.data.num_blocks)
     if data_cfg.dataset == "wikiweb2m":

@@ -42,8 +42,9 @@ _TFRECORD_SUFFIXES = (".tfrecord", ".tfrecord.gz", ".tfrecords", ".tfrecords.gz"
 
 
 def _read_stats() -> ReadStats:
-    """A fresh ReadStats; ``g4mm.data.records`` pulls in torch, so it is imported here, in the
-    readers, and not by every Ray worker that merely unpickles a function of this module."""
+    """A fresh ReadStats, imported here, in the readers (the readers themselves pull in torch
+    and torch_geometric), not by every Ray worker that merely unpickles a function of this
+    module."""
     from g4mm.data.records import ReadStats
 
     return ReadStats()
