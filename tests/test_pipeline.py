@@ -247,3 +247,19 @@ def test_cli_help_and_missing_input(tmp_path):
     assert proc.returncode == 2 and "--input DIR is required" in proc.stderr
     proc = run("--dataset", "parquet", "--input", str(tmp_path / "nope"), "--output", str(tmp_path))
     assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_preprocess_driver_and_cache_key_import_no_model_libraries(artifact_dir):
+    """The driver decides cache hit or miss and merges read stats without transformers or
+    torch_geometric (the Ray workers that need them import them): seconds of serial start-up
+    on a small machine."""
+    code = (
+        "import sys; from g4mm.config import load_config; "
+        "from g4mm.pipeline.cache import cache_key; import g4mm.pipeline.preprocess; "
+        "from g4mm.data.records import ReadStats; ReadStats(); "
+        f"key = cache_key(load_config('smoke', ['data.artifact_dir={artifact_dir}'])); "
+        "assert key is not None; "
+        "print(sorted(m for m in ('torch', 'torch_geometric', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -8,8 +8,7 @@ preprocessing cache key needs) does not import torch_geometric, transformers and
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from g4mm._lazy import lazy_exports
 
 _EXPORTS = {
     "GRAPH4MM_VARIANTS": "g4mm.model.adapters",
@@ -40,9 +39,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -12,8 +12,7 @@ process would, once: seconds of CPU per worker on a small machine).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from g4mm._lazy import lazy_exports
 
 _EXPORTS = {
     "available_splits": "g4mm.pipeline.dataset",
@@ -24,9 +23,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
