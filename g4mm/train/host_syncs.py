@@ -64,11 +64,8 @@ def _syncs(func: Any, args: tuple, kwargs: dict) -> bool:
     if name in ("aten.index", "aten.index_put", "aten.index_put_", "aten._index_put_impl_"):
         indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
         return any(_is_bool_index(i) for i in indices or ())
-    if name == "aten.repeat_interleave":  # output length sum(repeats) unless given
-        return kwargs.get("output_size") is None and (
-            func._overloadname == "Tensor" or isinstance(args[1] if len(args) > 1 else None,
-                                                         torch.Tensor)
-        )  # fmt: skip
+    if name == "aten.repeat_interleave":  # repeats as a tensor: output length sum(repeats)
+        return func._overloadname in ("Tensor", "self_Tensor") and kwargs.get("output_size") is None
     return False
 
 
