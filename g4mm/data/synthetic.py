@@ -63,7 +63,7 @@ import csv
 import functools
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,8 +94,9 @@ __all__ = [
 
 GENERATOR_VERSION = 1
 
-#: ``map_chunks(fn, jobs) -> [fn(job) for job in jobs]``, possibly parallel (None: in order here).
-MapChunks = Callable[[Callable[[Any], Any], Sequence[Any]], Sequence[Any]] | None
+#: ``map_chunks(fn, jobs)``: ``fn(job)`` for each job, in order, possibly in parallel (None: the
+#: builtin ``map``).
+MapChunks = Callable[[Callable[[Any], Any], Sequence[Any]], Iterable[Any]] | None
 
 #: Well-separated object colours (docs).
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -614,8 +615,8 @@ def write_synthetic_docs(
         shards: maximal number of TFRecord files (>= 1).
         chunks: pages are generated and their images rendered in this many chunks of
             consecutive pages (the output does not depend on it).
-        map_chunks: ``map_chunks(fn, jobs)`` returns ``[fn(job) for job in jobs]`` in order,
-            possibly in parallel (the pipeline passes Ray tasks); default the builtin map.
+        map_chunks: ``map_chunks(fn, jobs)`` yields ``fn(job)`` for each job in order, possibly
+            in parallel (the pipeline passes Ray tasks); default the builtin ``map``.
 
     Returns:
         ``{"pages", "sections", "images", "targets": {split: n}, "pages_per_split": {split: n},
@@ -630,7 +631,7 @@ def write_synthetic_docs(
         for chunk in np.array_split(np.arange(num_pages), max(1, min(chunks, num_pages)))
     ]
     render = functools.partial(_make_pages, images_dir=out / "images", size=image_size, seed=seed)
-    pages = [page for chunk in (map_chunks or _serial_map)(render, jobs) for page in chunk]
+    pages = [page for chunk in (map_chunks or map)(render, jobs) for page in chunk]
     shard_files = _write_doc_shards(out, pages, min(shards, num_pages))
     _write_manifest(out / "images", [(url, name) for p in pages for url, name, _, _ in p.images])
     with open(out / "metadata.jsonl", "w") as f:
@@ -669,10 +670,6 @@ def _make_pages(
             _save_image(render_image(attrs, size, rng), images_dir / name)
         pages.append(page)
     return pages
-
-
-def _serial_map(fn: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
-    return [fn(job) for job in jobs]
 
 
 def _write_manifest(images_dir: Path, rows: list[tuple[str, str]]) -> None:
