@@ -74,7 +74,7 @@ from g4mm.config import COMPILE_MODES, CUDA_GRAPH_MODES, ExperimentConfig
 from g4mm.data.collate import length_bucketed_batches
 from g4mm.model import Graph4MM, build_adapter
 from g4mm.model.inputs import Graph4MMInputs, ModalityInputs
-from g4mm.train.host_syncs import HostSyncAudit, audit_training_step
+from g4mm.train.host_syncs import audit_training_step
 from g4mm.train.loop import frozen_dtype_for, train_loop
 
 DEFAULT_ANCHOR = Path(__file__).resolve().parents[2] / "shared/anchors/official_shaped_step.py"
@@ -352,11 +352,6 @@ def host_syncs_per_step(
     return (sum(sites[1].values()) - sum(sites[0].values())) / 2, per_step
 
 
-def audited_syncs(model: Graph4MM, batch: Graph4MMInputs, device: torch.device) -> HostSyncAudit:
-    """:func:`g4mm.train.host_syncs.audit_training_step` on ``batch`` (any device, CPU too)."""
-    return audit_training_step(model, batch.to(device), device)
-
-
 def load_anchor(path: str | Path, quick: bool):
     """The official-shaped step module; SMALL=1 (its CPU shapes) under ``--quick``."""
     old = os.environ.get("SMALL")
@@ -451,7 +446,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     model = build_model(shape, device)
     sync_batches = make_batches("full", args.batch[0], 2, shape)
-    audit = audited_syncs(model, sync_batches[0], device)
+    audit = audit_training_step(model, sync_batches[0].to(device), device)
     meta["audited_syncs_per_step"] = audit.on(device.type)
     print(
         f"would-be host syncs in one training step (dispatcher audit, {device.type} tensors): "
