@@ -7,7 +7,8 @@ Runs, in one process (Ray-free: torch, transformers and torch_geometric only):
 
 1. ``bench/gpu_check.py``: the library's numerical checks on CUDA (skipped without CUDA);
 2. ``bench/train_step.py``: our training step vs the official-shaped step at batch 8 and 32,
-   full-length and variable-length batches, plus a ``torch.compile`` row at batch 8;
+   full-length and variable-length batches, the same with the whole step replayed as CUDA
+   graphs (``train.step_graph``), plus ``torch.compile`` rows at batch 8;
 3. ``bench/diffusion.py``: dense vs sparse hop diffusion as the graph grows;
 4. ``bench/generate.py``: generation with vs without the KV cache.
 
@@ -64,7 +65,7 @@ def train_rows(args: argparse.Namespace, gpu: bool) -> list[list[Any]]:
     ts_args = train_step.resolve(
         train_step.parser().parse_args(
             [*(["--quick"] if args.quick else []), "--anchor", args.anchor or "",
-             *([] if args.no_compile else ["--compile"])]
+             "--step-graph", *([] if args.no_compile else ["--compile"])]
         )
     )  # fmt: skip
     result = train_step.run(ts_args)

@@ -35,7 +35,7 @@ same per-sample LM FLOPs (its extra encoder and padded-logit work is not useful 
 
 Usage:
     python bench/train_step.py [--anchor ../shared/anchors/official_shaped_step.py]
-        [--batch 8 32] [--steps 20] [--compile] [--json PATH]
+        [--batch 8 32] [--steps 20] [--compile] [--step-graph] [--json PATH]
     python bench/train_step.py --quick       # CPU-sized shapes, under a minute
 
 The anchor is not part of this repository: on a machine that has only the repository, copy it
@@ -51,6 +51,7 @@ import os
 import random
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ from g4mm.model import Graph4MM, build_adapter
 from g4mm.model.inputs import Graph4MMInputs, ModalityInputs
 from g4mm.train.host_syncs import audit_training_step
 from g4mm.train.loop import frozen_dtype_for, train_loop
+from g4mm.train.step_graph import GRAPH_WARMUP, graph_shape
 
 DEFAULT_ANCHOR = Path(__file__).resolve().parents[2] / "shared/anchors/official_shaped_step.py"
 HEADERS = [
@@ -217,15 +219,32 @@ def make_batches(kind: str, batch: int, count: int, shape: Shape, seed: int = 0)
 
 
 def step_config(
-    steps: int, compile_lm: bool, scope: str = "lm", compile_mode: str = "default"
+    steps: int,
+    compile_lm: bool,
+    scope: str = "lm",
+    compile_mode: str = "default",
+    step_graph: bool = False,
 ) -> ExperimentConfig:
     cfg = ExperimentConfig()
     t = cfg.train
     t.max_steps, t.eval_every, t.warmup_steps, t.grad_accum = steps, steps, 50, 1
     t.lr, t.weight_decay, t.betas, t.grad_clip = 1e-4, 0.01, (0.9, 0.95), 1.0
     t.precision, t.compile, t.compile_scope = "auto", compile_lm, scope
-    t.compile_mode = compile_mode
+    t.compile_mode, t.step_graph = compile_mode, step_graph
     return cfg
+
+
+def steps_until_recorded(batches: list, pad_multiple: int, warmup: int = GRAPH_WARMUP) -> int:
+    """Optimizer steps of ``itertools.cycle(batches)`` after which every padded shape has
+    had its ``warmup`` eager steps and been recorded (so a timed window after it only
+    replays)."""
+    keys = [graph_shape(b, pad_multiple) for b in batches]
+    need = Counter(dict.fromkeys(keys, warmup + 1))
+    for step, key in enumerate(itertools.cycle(keys), start=1):
+        need[key] -= 1
+        if all(n <= 0 for n in need.values()):
+            return step
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -238,6 +257,7 @@ class Plan:
     scope: str = "lm"
     frozen: str = "auto"
     compile_mode: str = "default"
+    step_graph: bool = False
 
     @property
     def name(self) -> str:
@@ -248,6 +268,8 @@ class Plan:
             )
             if self.compile_mode != "default":
                 name += f" ({self.compile_mode})"
+        if self.step_graph:
+            name += " + step graph"
         if self.frozen == "fp32":
             name += ", frozen LM fp32 (autocast casts)"
         return name
@@ -265,28 +287,32 @@ def time_ours(
     first ``train_loop`` call, which also compiles when asked), the frozen LM stored as
     training stores it (:func:`g4mm.train.loop.frozen_dtype_for`)."""
     notes: list[str] = []
+    if plan.step_graph:  # every shape recorded before the timed window
+        warmup = max(warmup, steps_until_recorded(batches, ExperimentConfig().train.step_graph_pad))
+    marks: dict[str, float] = {}
 
-    def run(n: int, compile_now: bool) -> None:
-        train_loop(
-            model=model,
-            batches=itertools.cycle(batches),
-            cfg=step_config(n, compile_now, plan.scope, plan.compile_mode),
-            device=device,
-            report=lambda metrics, state: None,
-            log=notes.append,
-        )
+    def start_clock(step: int) -> None:
+        if step == warmup:
+            sync(device)
+            marks["start"] = time.perf_counter()
 
     model.compile_parts(False)
     model.cast_frozen(frozen_dtype_for(device, "auto", plan.frozen))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    run(warmup, plan.compile_lm)
+    train_loop(
+        model=model,
+        batches=itertools.cycle(batches),
+        cfg=step_config(warmup + steps, plan.compile_lm, plan.scope, plan.compile_mode,
+                        plan.step_graph),
+        device=device,
+        report=lambda metrics, state: None,
+        log=notes.append,
+        on_step=start_clock,
+    )  # fmt: skip
     sync(device)
-    start = time.perf_counter()
-    run(steps, False)  # a compiled body stays compiled
-    sync(device)
-    seconds = time.perf_counter() - start
-    used = list(itertools.islice(itertools.cycle(batches), steps))
+    seconds = time.perf_counter() - marks["start"]
+    used = list(itertools.islice(itertools.cycle(batches), warmup, warmup + steps))
     samples = sum(b.batch_size for b in used)
     real = [(int(b.prompt_mask.sum()), int(b.target_mask.sum())) for b in used]
     q = model.bare_adapter.qformer.queries.shape[0]  # soft tokens per sample
@@ -297,7 +323,7 @@ def time_ours(
         t = b.target_mask.sum(1).tolist()
         flops += sum(lm_train_flops(model.lm.config, k + q, j) for k, j in zip(n, t, strict=True))
     compiled = model.is_compiled
-    note = [m for m in notes if "compile" in m]
+    note = [m for m in notes if "compile" in m or (m.startswith("step graph: ") and "shapes" in m)]
     model.compile_parts(False)
     model.cast_frozen(torch.float32)
     return {
@@ -472,6 +498,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     plans.append(Plan("full", True, scope="forward", compile_mode=mode))
             if args.fp32_lm:
                 plans.append(Plan("full", frozen="fp32"))
+            if args.step_graph and args.compile and args.compile_mode not in CUDA_GRAPH_MODES:
+                plans.append(Plan("full", True, "lm+adapter", "auto", args.compile_mode, True))
+        if args.step_graph:  # the whole step as one CUDA graph per padded shape
+            plans += [Plan(kind, step_graph=True) for kind in variants]
         for plan in plans:
             batches = make_batches(plan.kind, b, args.batches, shape)
             try:
@@ -571,6 +601,12 @@ def parser() -> argparse.ArgumentParser:
         default="default",
         choices=COMPILE_MODES,
         help="torch.compile mode of the compile rows (reduce-overhead = CUDA graphs)",
+    )
+    p.add_argument(
+        "--step-graph",
+        action="store_true",
+        help="add rows with train.step_graph (the whole step replayed as a CUDA graph; on CPU "
+        "the same static-input steps run eagerly)",
     )
     p.add_argument("--no-fp32-lm", action="store_true", help="skip the frozen-LM-fp32 row")
     p.add_argument(

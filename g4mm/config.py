@@ -251,6 +251,13 @@ class TrainConfig:
             length inside windows of ``bucket_window`` batches, so a padded batch costs little
             more than its real tokens (:func:`g4mm.data.collate.length_bucketed_batches`);
             0 = plain shuffled batches.
+        step_graph: record the whole optimizer step (zero grads, forward, loss, backward,
+            clip, AdamW) as one CUDA graph per padded batch shape and replay it
+            (:mod:`g4mm.train.step_graph`): removes the per-kernel launch cost that bounds
+            small batches on a GPU. One process, ``grad_accum`` 1; not with the CUDA-graph
+            compile modes (``compile_mode`` default / max-autotune-no-cudagraphs compose).
+        step_graph_pad: with ``step_graph``, prompt and target widths are padded up to
+            multiples of this, so batches share recorded shapes (more padding, fewer graphs).
     """
 
     seed: int = 0
@@ -276,6 +283,8 @@ class TrainConfig:
     compile_mode: str = "default"
     frozen_dtype: str = "auto"
     bucket_window: int = 0
+    step_graph: bool = False
+    step_graph_pad: int = 64
 
 
 @dataclass
@@ -846,6 +855,18 @@ class ExperimentConfig:
                 "'lm' or 'lm+adapter' with CUDA graphs"
             )
         at_least("train.bucket_window", t.bucket_window, 0)
+        at_least("train.step_graph_pad", t.step_graph_pad, 1)
+        if t.step_graph and t.compile and t.compile_mode in CUDA_GRAPH_MODES:
+            errors.append(
+                f"train.step_graph with train.compile_mode = {t.compile_mode!r}: the step is "
+                "already one CUDA graph; compile with mode 'default' or "
+                "'max-autotune-no-cudagraphs' inside it, or turn step_graph off"
+            )
+        if t.step_graph and t.grad_accum != 1:
+            errors.append(
+                f"train.step_graph with train.grad_accum = {t.grad_accum}: a recorded step is "
+                "one micro-batch; set grad_accum 1 (or a larger batch_size) or step_graph off"
+            )
         nonempty("train.output_dir", t.output_dir)
         nonempty("train.storage_path", t.storage_path)
         at_least("train.max_failures", t.max_failures, -1)

@@ -59,13 +59,16 @@ def test_train_step_quick_prints_ours_beside_the_official_step(tmp_path, capsys)
     anchor = str(ANCHOR) if ANCHOR.is_file() else ""
     out_json = tmp_path / "train.json"
     args = ["--quick", "--batch", "2", "--steps", "2", "--warmup", "1", "--official-steps", "2",
-            "--anchor", anchor, "--json", str(out_json)]  # fmt: skip
+            "--step-graph", "--anchor", anchor, "--json", str(out_json)]  # fmt: skip
     assert train_step.main(args) == 0
     assert header_of(capsys.readouterr().out, "step") == train_step.HEADERS
     result = json.loads(out_json.read_text())
     rows = result["rows"]
     kinds = {(r["step"], r.get("kind")) for r in rows}
     assert {("ours", "full"), ("ours", "bucketed"), ("ours", "random")} <= kinds
+    graphed = [r for r in rows if r["step"] == "ours + step graph"]
+    assert {r["kind"] for r in graphed} == {"full", "bucketed", "random"}
+    assert all("shapes recorded" in r["note"] and "failed" not in r["note"] for r in graphed)
     for r in rows:
         for key in ("samples_s", "tokens_s", "tflops", "mfu"):
             assert finite_positive(r[key]), (r["step"], key, r[key])
@@ -424,3 +427,13 @@ def test_pipeline_bench_quick(capsys):
     ratios = [float(r) for r in re.findall(r"\(x([0-9.]+)\)", row)]
     assert len(ratios) == 3 and all(r > 0 for r in ratios)
     assert "cache hit:" in out
+
+
+def test_gpu_check_step_graph_check_runs_on_cpu(tokenizer):
+    """bench/gpu_check's whole-step CUDA-graph check, on CPU (where the static-input steps run
+    eagerly): its comparison logic passes on a correct step graph."""
+    import gpu_check
+
+    _, result, verdict = gpu_check.step_graph_check("opt", "cpu", tokenizer)
+    assert verdict == "PASS", result
+    assert "2 shapes recorded, 8 replayed steps" in result and "worst loss diff" in result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -501,3 +502,19 @@ def test_config_module_imports_no_heavy_dependencies() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["train.step_graph=true", "train.compile=true", "train.compile_mode=reduce-overhead"],
+         "already one CUDA graph"),
+        (["train.step_graph=true", "train.grad_accum=2"], "train.grad_accum = 2"),
+        (["train.step_graph_pad=0"], "train.step_graph_pad = 0"),
+    ],
+)  # fmt: skip
+def test_step_graph_combinations_that_cannot_work_are_refused(overrides, fragment) -> None:
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        load_config("smoke", overrides)
+    ok = load_config("smoke", ["train.step_graph=true", "train.compile=true"])
+    assert ok.train.step_graph and ok.train.compile_mode == "default"

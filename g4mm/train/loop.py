@@ -13,7 +13,6 @@ attention runs without SDPA's cuDNN backend (see :data:`TRAINING_SDPA_BACKENDS`)
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import math
 import time
@@ -24,9 +23,10 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from g4mm.config import CUDA_GRAPH_MODES
-from g4mm.model.inputs import Graph4MMInputs, ModalityInputs
+from g4mm.model.inputs import Graph4MMInputs
 from g4mm.train.checkpoint import training_state
-from g4mm.train.optim import build_optimizer, build_scheduler
+from g4mm.train.optim import build_optimizer, build_scheduler, current_lr, store_lr
+from g4mm.train.step_graph import GraphedTrainStep
 
 Report = Callable[[dict[str, Any], dict[str, Any] | None], None]
 
@@ -63,16 +63,7 @@ def to_device(batch: Graph4MMInputs, device: torch.device) -> Graph4MMInputs:
     so the host queues the step's kernels without waiting for the previous step to finish."""
     if device.type != "cuda":
         return batch.to(device)
-
-    def move(value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            return value.pin_memory().to(device, non_blocking=True)
-        if isinstance(value, (Graph4MMInputs, ModalityInputs)):
-            moved = {f.name: move(getattr(value, f.name)) for f in dataclasses.fields(value)}
-            return dataclasses.replace(value, **moved)
-        return value
-
-    return move(batch)
+    return batch.map_tensors(lambda t: t.pin_memory().to(device, non_blocking=True))
 
 
 def compile_or_fallback(
@@ -111,6 +102,29 @@ def mark_step_begin(compile_mode: str) -> None:
         torch.compiler.cudagraph_mark_step_begin()
 
 
+def real_tokens(batch: Graph4MMInputs) -> int:
+    """Real prompt + target tokens of a host batch (counted on the host copy: reading them
+    off the device would synchronise every step)."""
+    return int(batch.target_mask.sum()) + int(batch.prompt_mask.sum())
+
+
+def use_step_graph(
+    train_cfg: Any, device: torch.device, data_parallel: bool, log: Callable
+) -> bool:
+    """Whether this run records its steps as CUDA graphs (``train.step_graph``): on CUDA, one
+    process (no DDP: its gradient hooks would have to be recorded too) and no gradient
+    accumulation. Without CUDA the same static-input step runs eagerly (logged)."""
+    if not getattr(train_cfg, "step_graph", False):
+        return False
+    if data_parallel or train_cfg.grad_accum != 1:
+        why = "data-parallel workers" if data_parallel else f"grad_accum {train_cfg.grad_accum}"
+        log(f"step graph: not with {why}; plain eager steps")
+        return False
+    if device.type != "cuda":
+        log(f"step graph: no CUDA on {device}; the same static-input steps run eagerly")
+    return True
+
+
 def format_eta(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
@@ -132,6 +146,7 @@ def train_loop(
     log: Callable[[str], None] = print,
     log_every: int = 10,
     on_report: Callable[[int], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model``'s adapter for ``cfg.train.max_steps`` optimizer steps.
 
@@ -143,12 +158,14 @@ def train_loop(
         resume: a loaded checkpoint to continue from (its adapter already restored).
         no_sync: the DDP module's ``no_sync`` when data-parallel, else None.
         on_report: called with the step after each report (fault-injection hook for tests).
+        on_step: called with the step after each optimizer step is queued (benchmark timing).
 
     Returns:
         The history: one metrics dict per evaluation (from the start, across resumes).
     """
     train_cfg = cfg.train
-    optimizer = build_optimizer(model, train_cfg, device)
+    graphed = use_step_graph(train_cfg, device, data_parallel=no_sync is not None, log=log)
+    optimizer = build_optimizer(model, train_cfg, device, capturable=graphed)
     scheduler = build_scheduler(optimizer, train_cfg)
     step, history = 0, []
     if resume is not None:
@@ -156,6 +173,7 @@ def train_loop(
         scheduler.load_state_dict(resume["scheduler"])
         step, history = int(resume["step"]), list(resume["history"])
         log(f"resumed from step {step}")
+    store_lr(optimizer, as_tensor=graphed)
     resumed_from = step
     params = [p for group in optimizer.param_groups for p in group["params"]]
     model.train()
@@ -169,32 +187,46 @@ def train_loop(
             )  # fmt: skip
 
     compile_mode = train_cfg.compile_mode if getattr(train_cfg, "compile", False) else "default"
+    step_graph = None
+    if graphed:
+        step_graph = GraphedTrainStep(
+            model, optimizer, params,
+            autocast=lambda: autocast_for(device, train_cfg.precision),
+            grad_clip=train_cfg.grad_clip, pad_multiple=train_cfg.step_graph_pad, log=log,
+        )  # fmt: skip
     window_loss = torch.zeros((), device=device)
     window_steps = window_samples = window_tokens = 0
     window_start = run_start = time.perf_counter()
     with sdpa_kernel(TRAINING_SDPA_BACKENDS):
         while step < train_cfg.max_steps:
-            optimizer.zero_grad(set_to_none=True)
-            for micro in range(train_cfg.grad_accum):
+            if step_graph is not None:  # the whole step, replayed once its shape is recorded
                 batch = next(batches)
-                # count tokens on the host copy: reading them off the device would sync each step
-                window_tokens += int(batch.target_mask.sum()) + int(batch.prompt_mask.sum())
-                inputs = to_device(batch, device)
-                mark_step_begin(compile_mode)
-                last = micro == train_cfg.grad_accum - 1
-                sync = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
-                with sync:
-                    with autocast_for(device, train_cfg.precision):
-                        out = model(inputs)
-                    (out.loss / train_cfg.grad_accum).backward()
-                window_loss += out.loss.detach() / train_cfg.grad_accum
-                window_samples += inputs.batch_size
-            if train_cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
-            optimizer.step()
+                window_tokens += real_tokens(batch)
+                window_loss += step_graph(batch)
+                window_samples += batch.batch_size
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                for micro in range(train_cfg.grad_accum):
+                    batch = next(batches)
+                    window_tokens += real_tokens(batch)
+                    inputs = to_device(batch, device)
+                    mark_step_begin(compile_mode)
+                    last = micro == train_cfg.grad_accum - 1
+                    skip_sync = no_sync is not None and not last
+                    with no_sync() if skip_sync else contextlib.nullcontext():
+                        with autocast_for(device, train_cfg.precision):
+                            out = model(inputs)
+                        (out.loss / train_cfg.grad_accum).backward()
+                    window_loss += out.loss.detach() / train_cfg.grad_accum
+                    window_samples += inputs.batch_size
+                if train_cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
+                optimizer.step()
             scheduler.step()
             step += 1
             window_steps += 1
+            if on_step is not None:
+                on_step(step)
 
             at_eval = step % train_cfg.eval_every == 0 or step == train_cfg.max_steps
             if (step % log_every == 0 or at_eval) and window_steps:
@@ -206,7 +238,7 @@ def train_loop(
                     log(
                         f"step {step}/{train_cfg.max_steps} loss {loss:.4f} "
                         f"{rate:.1f} samples/s {window_tokens / max(elapsed, 1e-9):.0f} tok/s "
-                        f"lr {scheduler.get_last_lr()[0]:.2e} eta {format_eta(eta)}"
+                        f"lr {current_lr(scheduler):.2e} eta {format_eta(eta)}"
                     )
                 last_loss, last_rate = loss, rate
                 window_loss.zero_()
@@ -217,7 +249,7 @@ def train_loop(
                     "step": step,
                     "train_loss": last_loss,
                     "samples_per_s": last_rate,
-                    "lr": scheduler.get_last_lr()[0],
+                    "lr": current_lr(scheduler),
                     "resumed_from_step": resumed_from,
                     "elapsed_s": time.perf_counter() - run_start,
                 }
@@ -232,4 +264,6 @@ def train_loop(
                 report(metrics, state)
                 if on_report is not None:
                     on_report(step)
+    if step_graph is not None:
+        log(step_graph.stats.summary())
     return history

@@ -8,17 +8,42 @@ from typing import Any
 import torch
 
 
-def build_optimizer(model: Any, train_cfg: Any, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(
+    model: Any, train_cfg: Any, device: torch.device, capturable: bool = False
+) -> torch.optim.AdamW:
     """AdamW on ``model.parameter_groups`` (adapter only; decay on matrices): one fused kernel
-    per step on CUDA, the multi-tensor (foreach) path elsewhere."""
-    on_cuda = device.type == "cuda"
+    per step on CUDA, the multi-tensor (foreach) path elsewhere. ``capturable`` (for a step
+    recorded as a CUDA graph, :mod:`g4mm.train.step_graph`): the fused kernel on any device,
+    with the learning rate held in a tensor (see :func:`store_lr`)."""
+    fused = device.type == "cuda" or capturable
     return torch.optim.AdamW(
         model.parameter_groups(train_cfg.weight_decay),
         lr=train_cfg.lr,
         betas=tuple(train_cfg.betas),
-        fused=True if on_cuda else None,
-        foreach=None if on_cuda else True,
+        fused=True if fused else None,
+        foreach=None if fused else True,
+        capturable=capturable,
     )
+
+
+def store_lr(optimizer: torch.optim.Optimizer, as_tensor: bool) -> None:
+    """Hold each param group's current ``lr`` in a 0-dim tensor on its parameters' device
+    (``as_tensor``; the scheduler then updates it in place with ``fill_``, which a recorded
+    CUDA graph sees, while a Python float would stay frozen at its value at capture), or as
+    a float. Also sets the groups' ``capturable`` flag to match. Call after building or after
+    ``load_state_dict`` (a checkpoint keeps whichever form it was saved with)."""
+    for group in optimizer.param_groups:
+        lr = group["lr"]
+        if as_tensor and not isinstance(lr, torch.Tensor):
+            group["lr"] = torch.tensor(float(lr), device=group["params"][0].device)
+        elif not as_tensor and isinstance(lr, torch.Tensor):
+            group["lr"] = float(lr)
+        group["capturable"] = as_tensor
+
+
+def current_lr(scheduler: Any) -> float:
+    """The scheduler's last learning rate as a float (a tensor lr is read once: a sync)."""
+    return float(scheduler.get_last_lr()[0])
 
 
 def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_ratio: float = 0.1) -> float:

@@ -1,0 +1,154 @@
+"""The whole-step CUDA-graph path (g4mm/train/step_graph.py) without CUDA: the same padded,
+static-input step, run eagerly, must train exactly like the plain step. What only a GPU can
+check (recording and replaying the graph) is bench/gpu_check.py's "whole-step CUDA graph" row.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from test_model import batch_for, make_model
+
+from g4mm.config import ExperimentConfig
+from g4mm.train.loop import train_loop
+from g4mm.train.optim import build_optimizer, build_scheduler, store_lr
+from g4mm.train.step_graph import GraphedTrainStep, graph_shape
+
+CPU = torch.device("cpu")
+#: ||w_graphed - w_plain|| / ||w_plain - w_0|| allowed. The fused and foreach AdamW kernels
+#: alone end 2e-4 apart after 18 steps (float-level gradient differences, which AdamW's
+#: division by sqrt(v) amplifies on near-zero gradients), padding adds ~1e-4; replaying stale
+#: inputs, a frozen lr or a missing clip lands orders of magnitude further.
+RELATIVE_TOLERANCE = 3e-3
+
+
+def assert_same_training(model, reference, backbones) -> None:
+    """``model`` ended where ``reference`` did (both trained from ``make_model``'s init)."""
+    initial = make_model(backbones).adapter.state_dict()
+    ref = reference.adapter.state_dict()
+    moved = torch.cat([(ref[k] - v).flatten() for k, v in initial.items()]).norm()
+    apart = torch.cat([(ref[k] - v).flatten() for k, v in model.adapter.state_dict().items()])
+    assert moved > 0.1 and apart.norm() / moved < RELATIVE_TOLERANCE, (apart.norm(), moved)
+
+
+def adapter_grads(model, batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    loss = model(batch).loss
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.adapter.parameters()]
+
+
+def test_padding_to_a_graph_shape_changes_no_loss_or_gradient(tiny_backbones, tokenizer):
+    for lm_name in ("opt", "llama"):
+        model = make_model(tiny_backbones, lm_name=lm_name).train()
+        batch = batch_for(model, tokenizer, b=3, seed=1)
+        padded = batch.padded_to(batch.prompt_ids.shape[1] + 9, batch.target_ids.shape[1] + 4)
+        assert padded.prompt_ids.shape[1] == 16 and padded.target_ids.shape[1] == 9
+        assert padded.prompt_mask.sum() == batch.prompt_mask.sum()  # only padding added
+        loss, grads = adapter_grads(model, batch)
+        padded_loss, padded_grads = adapter_grads(model, padded)
+        torch.testing.assert_close(padded_loss, loss, rtol=1e-5, atol=1e-6)
+        for g, h in zip(grads, padded_grads, strict=True):
+            torch.testing.assert_close(h, g, rtol=1e-4, atol=1e-6)
+
+
+def test_graph_shapes_round_up_to_the_pad_multiple(tiny_backbones, tokenizer):
+    model = make_model(tiny_backbones)
+    batch = batch_for(model, tokenizer, b=2, prompt_len=9, target_len=3)
+    assert graph_shape(batch, 4) == (12, 4)
+    assert graph_shape(batch, 1) == (9, 3)
+    assert graph_shape(batch, 64) == (64, 64)
+
+
+def shape_cycle(model, tokenizer):
+    """Six batches in three padded shapes (pad 4): two batches of different content (and
+    some of different raw width) per shape, so a replay on stale inputs would show."""
+    widths = [(7, 5), (8, 3), (11, 6), (6, 5), (8, 4), (12, 8)]  # -> (8,8) (8,4) (12,8) x2
+    return [
+        batch_for(model, tokenizer, b=3, seed=seed, prompt_len=p, target_len=t)
+        for seed, (p, t) in enumerate(widths)
+    ]
+
+
+def step_graph_config(steps: int, graphed: bool) -> ExperimentConfig:
+    cfg = ExperimentConfig()
+    t = cfg.train
+    t.max_steps, t.eval_every, t.warmup_steps, t.lr, t.grad_clip = steps, steps // 2, 4, 3e-3, 0.5
+    t.step_graph, t.step_graph_pad = graphed, 4
+    return cfg
+
+
+def train(backbones, tokenizer, graphed: bool, steps: int = 18, resume=None, **cfg_changes):
+    model = make_model(backbones).train()
+    batches = shape_cycle(model, tokenizer)
+    cfg = step_graph_config(steps, graphed)
+    for key, value in cfg_changes.items():
+        setattr(cfg.train, key, value)
+    if resume is not None:
+        model.load_adapter_state_dict(resume["adapter"])
+    logs, states = [], []
+    originals = [b.map_tensors(torch.clone) for b in batches]
+    order = iter((batches * steps)[(resume["step"] if resume else 0) :])
+    history = train_loop(
+        model=model, batches=order, cfg=cfg, device=CPU, resume=resume,
+        report=lambda metrics, state: states.append(copy.deepcopy(state)), log=logs.append,
+    )  # fmt: skip
+    for batch, original in zip(batches, originals, strict=True):  # inputs are never written
+        assert all(map(torch.equal, batch.tensors(), original.tensors()))
+    return model, history, logs, states
+
+
+def test_static_input_step_trains_like_the_plain_step(tiny_backbones, tokenizer):
+    """18 steps over three padded shapes, lr warming up then decaying, gradients clipped:
+    every shape runs its two eager warm-up steps, is "recorded" (static inputs) and replayed
+    four times; losses, learning rates and the adapter weights match the plain loop."""
+    plain, plain_history, _, _ = train(tiny_backbones, tokenizer, graphed=False)
+    graphed, graphed_history, logs, _ = train(tiny_backbones, tokenizer, graphed=True)
+    assert any("no CUDA" in line for line in logs)
+    summary = [line for line in logs if line.startswith("step graph: 3 shapes recorded")]
+    assert summary and "12 replayed steps, 6 eager steps" in summary[0], logs
+    for ours, theirs in zip(graphed_history, plain_history, strict=True):
+        assert abs(ours["train_loss"] - theirs["train_loss"]) < 1e-5 * abs(theirs["train_loss"])
+        assert isinstance(ours["lr"], float)  # read off the lr tensor (fp32) for the report
+        assert abs(ours["lr"] - theirs["lr"]) <= 1e-6 * theirs["lr"]
+    assert_same_training(graphed, plain, tiny_backbones)
+
+
+def test_a_step_graph_checkpoint_resumes_in_plain_steps(tiny_backbones, tokenizer):
+    """The optimizer state of a step-graph run (capturable, lr held in a tensor) resumes a
+    plain run, which ends where an uninterrupted plain run ends."""
+    plain, _, _, _ = train(tiny_backbones, tokenizer, graphed=False, steps=12)
+    _, _, _, states = train(tiny_backbones, tokenizer, graphed=True, steps=12)
+    halfway = states[0]
+    assert halfway["step"] == 6
+    assert isinstance(halfway["optimizer"]["param_groups"][0]["lr"], torch.Tensor)
+    resumed, history, _, _ = train(tiny_backbones, tokenizer, graphed=False, steps=12,
+                                   resume=halfway)  # fmt: skip
+    assert history[-1]["resumed_from_step"] == 6
+    assert_same_training(resumed, plain, tiny_backbones)
+
+
+def test_step_graph_is_not_used_under_accumulation_or_data_parallel(tiny_backbones, tokenizer):
+    _, history, logs, _ = train(tiny_backbones, tokenizer, graphed=True, steps=4, grad_accum=2)
+    assert "step graph: not with grad_accum 2; plain eager steps" in logs
+    assert not any(line.startswith("step graph: 0 shapes") for line in logs)
+    assert len(history) == 2
+
+
+def test_graphed_step_refuses_an_optimizer_that_cannot_be_recorded(tiny_backbones):
+    model = make_model(tiny_backbones)
+    cfg = ExperimentConfig().train
+    optimizer = build_optimizer(model, cfg, CPU)
+    build_scheduler(optimizer, cfg)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    try:
+        GraphedTrainStep(model, optimizer, params, autocast=torch.autocast)
+    except ValueError as err:
+        assert "capturable=True" in str(err)
+    else:
+        raise AssertionError("a float-lr, non-capturable optimizer was accepted")
+    capturable = build_optimizer(model, cfg, CPU, capturable=True)
+    store_lr(capturable, as_tensor=True)
+    GraphedTrainStep(model, capturable, params, autocast=torch.autocast)
+
