@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from test_model import batch_for, make_model
 
 from g4mm.config import ExperimentConfig
+from g4mm.train.checkpoint import load_checkpoint, save_checkpoint
 from g4mm.train.loop import train_loop
 from g4mm.train.optim import build_optimizer, build_scheduler, store_lr
 from g4mm.train.step_graph import GraphedTrainStep, graph_shape
@@ -115,15 +117,17 @@ def test_static_input_step_trains_like_the_plain_step(tiny_backbones, tokenizer)
     assert_same_training(graphed, plain, tiny_backbones)
 
 
-def test_a_step_graph_checkpoint_resumes_in_plain_steps(tiny_backbones, tokenizer):
-    """The optimizer state of a step-graph run (capturable, lr held in a tensor) resumes a
-    plain run, which ends where an uninterrupted plain run ends."""
+@pytest.mark.parametrize("resume_graphed", [False, True])
+def test_a_step_graph_checkpoint_resumes(tiny_backbones, tokenizer, tmp_path, resume_graphed):
+    """The optimizer state of a step-graph run (capturable, lr held in a tensor), through a
+    checkpoint file, resumes a plain or a step-graph run, which ends where an uninterrupted
+    plain run ends."""
     plain, _, _, _ = train(tiny_backbones, tokenizer, graphed=False, steps=12)
     _, _, _, states = train(tiny_backbones, tokenizer, graphed=True, steps=12)
-    halfway = states[0]
-    assert halfway["step"] == 6
-    assert isinstance(halfway["optimizer"]["param_groups"][0]["lr"], torch.Tensor)
-    resumed, history, _, _ = train(tiny_backbones, tokenizer, graphed=False, steps=12,
+    assert states[0]["step"] == 6
+    assert isinstance(states[0]["optimizer"]["param_groups"][0]["lr"], torch.Tensor)
+    halfway = load_checkpoint(save_checkpoint(tmp_path, states[0]))
+    resumed, history, _, _ = train(tiny_backbones, tokenizer, graphed=resume_graphed, steps=12,
                                    resume=halfway)  # fmt: skip
     assert history[-1]["resumed_from_step"] == 6
     assert_same_training(resumed, plain, tiny_backbones)

@@ -33,9 +33,9 @@ def store_lr(optimizer: torch.optim.Optimizer, as_tensor: bool) -> None:
     a float. Also sets the groups' ``capturable`` flag to match. Call after building or after
     ``load_state_dict`` (a checkpoint keeps whichever form it was saved with)."""
     for group in optimizer.param_groups:
-        lr = group["lr"]
-        if as_tensor and not isinstance(lr, torch.Tensor):
-            group["lr"] = torch.tensor(float(lr), device=group["params"][0].device)
+        lr, device = group["lr"], group["params"][0].device
+        if as_tensor and not (isinstance(lr, torch.Tensor) and lr.device == device):
+            group["lr"] = torch.tensor(float(lr), device=device)  # (a checkpoint's is on CPU)
         elif not as_tensor and isinstance(lr, torch.Tensor):
             group["lr"] = float(lr)
         group["capturable"] = as_tensor
