@@ -65,3 +65,32 @@ def test_sparse_diffusion_syncs_only_for_the_edge_count(tiny_backbones, tokenize
     audit = audit_training_step(model, batch_for(model, tokenizer), torch.device("cpu"))
     assert _ops(audit) == ["nonzero", "nonzero"], audit.report()
     assert {sync.where.split(":")[0] for sync in audit.syncs} == {"g4mm/model/adapters.py"}
+
+
+def test_llama_step_syncs_once_in_transformers_packed_sequence_check(tiny_backbones, tokenizer):
+    """LLaMA's body builds position ids itself and, with no attention mask, transformers
+    (>= 5) checks on the host whether the rows are packed sequences (``masking_utils.
+    find_packed_sequence_indices``: ``(mask[:, -1] == 0).all()``): one sync per forward that
+    this project cannot remove without materialising an attention mask. While a CUDA graph is
+    being recorded transformers skips the check (``is_tracing``) and builds the mask instead.
+    OPT has no such check (the parametrised test above)."""
+    model = make_model(tiny_backbones, lm_name="llama").train()
+    audit = audit_training_step(model, batch_for(model, tokenizer), torch.device("cpu"))
+    assert _ops(audit) == ["_local_scalar_dense"], audit.report()
+    assert next(iter(audit.syncs)).where.startswith("g4mm/model/graph4mm.py:"), audit.report()
+
+
+@pytest.mark.parametrize("variant", [*GRAPH4MM_VARIANTS, "mmgl_concat", "text_only"])
+def test_training_step_creates_no_tensor_on_the_host(tiny_backbones, tokenizer, variant):
+    """The step with the model and batch on the ``meta`` device: a tensor made inside the
+    step without the batch's device (``torch.arange(n)``, ``torch.tensor([...])``) would meet
+    meta tensors and fail here, as it fails (or copies from the host every step, which a CUDA
+    graph cannot record) on a GPU, while CPU-only tests pass. Scalar reads fail on meta too."""
+    model = make_model(tiny_backbones, variant).train()
+    batch = batch_for(model, tokenizer)
+    model, batch = model.to("meta"), batch.to("meta")
+    loss = model(batch).loss
+    loss.backward()
+    params = [p for p in model.parameters() if p.requires_grad]
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    assert loss.device.type == "meta" and all(p.grad.device.type == "meta" for p in params)
