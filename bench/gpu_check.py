@@ -204,11 +204,13 @@ def bf16_stored_training_check(kind: str, device: str, tokenizer, inputs) -> tup
 
 def step_graph_check(kind: str, device: str, tokenizer, steps: int = 12) -> tuple[str, str, str]:
     """``train_loop`` with ``train.step_graph`` against the plain loop from the same weights on
-    the same batches (six batches in two padded shapes, frozen LM stored as training stores
-    it): both shapes recorded and replayed, no recording failure, every step's loss within
-    1 % of the plain step's and the adapters ending within 5 % of the distance they moved."""
+    the same batches (six batches in two padded shapes; the plain loop gets them padded the
+    same way, so both run the same kernels; frozen LM stored as training stores it): both
+    shapes recorded and replayed, no recording failure, every step's loss within 0.1 % of the
+    plain step's and the adapters ending within 1 % of the distance they moved."""
     from g4mm.config import ExperimentConfig
     from g4mm.train.loop import frozen_dtype_for, train_loop
+    from g4mm.train.step_graph import graph_shape
 
     dev = torch.device(device)
     widths = [(12, 5), (20, 9), (14, 6), (24, 12), (9, 4), (17, 11)]  # pad 16: (16,16), (32,16)
@@ -223,6 +225,8 @@ def step_graph_check(kind: str, device: str, tokenizer, steps: int = 12) -> tupl
                           target_len=t)
             for i, (p, t) in enumerate(widths)
         ]  # fmt: skip
+        if not graphed:  # the shapes the step graph records
+            batches = [b.padded_to(*graph_shape(b, 16)) for b in batches]
         cfg = ExperimentConfig()
         t = cfg.train
         t.max_steps, t.eval_every, t.warmup_steps, t.lr, t.precision = steps, 1, 2, 2e-3, "auto"
@@ -240,7 +244,7 @@ def step_graph_check(kind: str, device: str, tokenizer, steps: int = 12) -> tupl
         f"{kind}: whole-step CUDA graph x{steps} == plain step",
         f"{summary[12:]}; worst loss diff {worst:.1e}, weights apart {apart / moved:.1e} of "
         f"their movement",
-        ok(replays and "failed" not in summary and worst <= 0.01 and apart <= 0.05 * moved),
+        ok(replays and "failed" not in summary and worst <= 1e-3 and apart <= 0.01 * moved),
     )
 
 
