@@ -80,11 +80,12 @@ def train_rows(args: argparse.Namespace, gpu: bool) -> list[list[Any]]:
     audited = meta["audited_syncs_per_step"]
     out.append(["train_step", "would-be host syncs per step (dispatcher audit)", f"{audited}",
                 "0", verdict(audited == 0, True)])  # fmt: skip
-    syncs = meta.get("host_syncs_per_step")
-    if syncs is not None:
-        sites = ", ".join(f"{k} x{v:g}" for k, v in meta["host_sync_sites"].items())
-        out.append(["train_step", "host syncs per optimizer step (sync debug mode)",
-                    f"{syncs:g} {sites}".strip(), "0", verdict(syncs == 0, gpu)])  # fmt: skip
+    for suffix, what in (("", "optimizer step"), ("_step_graph", "replayed step graph")):
+        syncs = meta.get("host_syncs_per_step" + suffix)
+        if syncs is not None:
+            sites = ", ".join(f"{k} x{v:g}" for k, v in meta["host_sync_sites" + suffix].items())
+            out.append(["train_step", f"host syncs per {what} (sync debug mode)",
+                        f"{syncs:g} {sites}".strip(), "0", verdict(syncs == 0, gpu)])  # fmt: skip
     for r in result["rows"]:
         what = f"{r['step']} b={r['batch']} {r.get('lengths', '')}".strip()
         if r.get("samples_s") is None:

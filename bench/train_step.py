@@ -343,27 +343,32 @@ def time_ours(
 
 
 def host_syncs_per_step(
-    model: Graph4MM, batches: list, device: torch.device
+    model: Graph4MM, batches: list, device: torch.device, step_graph: bool = False
 ) -> tuple[float, dict[str, float]] | None:
     """Host-device synchronisations per optimizer step of ``train_loop`` on CUDA, counted with
-    ``torch.cuda.set_sync_debug_mode``: runs of 2 and 4 steps, the difference / 2 (each run's
-    closing log line and report sync once by design). Also returns where they happen: the
-    Python line each sync warning points at, with its per-step count."""
+    ``torch.cuda.set_sync_debug_mode``: two runs, the second 4 steps longer, the difference / 4
+    (each run's closing log line and report sync once by design; with ``step_graph`` both runs
+    also pay their eager warm-up and recording, so the difference counts replayed steps).
+    Also returns where they happen: the Python line each sync warning points at, with its
+    per-step count."""
     if device.type != "cuda":
         return None
     import warnings
-    from collections import Counter
 
+    first = (
+        steps_until_recorded(batches, ExperimentConfig().train.step_graph_pad) if step_graph else 2
+    )
     sites = []
-    for steps in (2, 4):
+    for steps in (first, first + 4):
         sync(device)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
                 train_loop(
-                    model=model, batches=itertools.cycle(batches), cfg=step_config(steps, False),
-                    device=device, report=lambda metrics, state: None, log=lambda _: None,
+                    model=model, batches=itertools.cycle(batches),
+                    cfg=step_config(steps, False, step_graph=step_graph), device=device,
+                    report=lambda metrics, state: None, log=lambda _: None,
                 )  # fmt: skip
             finally:
                 torch.cuda.set_sync_debug_mode(0)
@@ -374,8 +379,8 @@ def host_syncs_per_step(
                 if "synchroniz" in str(w.message)
             )
         )
-    per_step = {site: n / 2 for site, n in (sites[1] - sites[0]).items()}
-    return (sum(sites[1].values()) - sum(sites[0].values())) / 2, per_step
+    per_step = {site: n / 4 for site, n in (sites[1] - sites[0]).items()}
+    return (sum(sites[1].values()) - sum(sites[0].values())) / 4, per_step
 
 
 def load_anchor(path: str | Path, quick: bool):
@@ -479,11 +484,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"{audit.on(device.type)}" + ("" if not audit.count else f"\n{audit.report()}"),
         flush=True,
     )
-    counted = host_syncs_per_step(model, sync_batches, device)
-    if counted is not None:
-        meta["host_syncs_per_step"], meta["host_sync_sites"] = counted
-        sites = ", ".join(f"{site} x{n:g}" for site, n in counted[1].items()) or "none"
-        print(f"host syncs per optimizer step (cuda sync debug mode): {counted[0]:g} ({sites})")
+    for graphed, suffix in (
+        ((False, ""), (True, "_step_graph")) if args.step_graph else ((False, ""),)
+    ):
+        counted = host_syncs_per_step(model, sync_batches, device, step_graph=graphed)
+        if counted is not None:
+            meta["host_syncs_per_step" + suffix], meta["host_sync_sites" + suffix] = counted
+            sites = ", ".join(f"{site} x{n:g}" for site, n in counted[1].items()) or "none"
+            what = "replayed step graph" if graphed else "optimizer step"
+            print(f"host syncs per {what} (cuda sync debug mode): {counted[0]:g} ({sites})")
     variants = ["full", "bucketed", "random"] if args.variable else ["full"]
     for b in args.batch:
         plans = [Plan(kind) for kind in variants]
