@@ -6,8 +6,10 @@ skipped on all but the last through ``no_sync``), bf16 autocast on CUDA, gradien
 adapter, AdamW (fused on CUDA) + warmup/cosine. Batches go to the GPU from pinned memory without
 blocking, and the loss stays on the device between log lines: no per-step host
 synchronisation. ``train.compile`` runs the frozen LM body (or, by ``train.compile_scope``, more
-of the step) through ``torch.compile``, falling back to eager when compiling fails. On CUDA,
-attention runs without SDPA's cuDNN backend (see :data:`TRAINING_SDPA_BACKENDS`).
+of the step) through ``torch.compile``, falling back to eager when compiling fails.
+``train.step_graph`` records the whole step (forward to optimizer) as a CUDA graph per padded
+batch shape and replays it (:mod:`g4mm.train.step_graph`). On CUDA, attention runs without
+SDPA's cuDNN backend (see :data:`TRAINING_SDPA_BACKENDS`).
 """
 
 from __future__ import annotations
