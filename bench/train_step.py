@@ -18,6 +18,10 @@ the official step's 1024 input (soft tokens included) + 128 output tokens.
   assumption, not a measured WikiWeb2M distribution), batched by
   :func:`g4mm.data.collate.length_bucketed_batches` (``bucketed``) or at random (``random``).
 
+``--step-graph`` adds the same rows with ``train.step_graph`` (the whole step recorded as one
+CUDA graph per padded shape and replayed; every shape is recorded before the timed window, and
+the note gives the padding this costs), and counts host syncs per replayed step on CUDA.
+
 Throughput counts real tokens only. FLOPs are counted per sample with n real tokens (prompt +
 soft + target) of which t are targets, for an LM of width d, L layers, FFN width f, vocabulary
 V; the LM is frozen, so its backward computes input gradients only (no weight gradients)::
