@@ -204,10 +204,11 @@ def bf16_stored_training_check(kind: str, device: str, tokenizer, inputs) -> tup
 
 def step_graph_check(kind: str, device: str, tokenizer, steps: int = 12) -> tuple[str, str, str]:
     """``train_loop`` with ``train.step_graph`` against the plain loop from the same weights on
-    the same batches (six batches in two padded shapes; the plain loop gets them padded the
-    same way, so both run the same kernels; frozen LM stored as training stores it): both
-    shapes recorded and replayed, no recording failure, every step's loss within 0.1 % of the
-    plain step's and the adapters ending within 1 % of the distance they moved."""
+    the same batches (six batches in two padded shapes, two micro-batches per optimizer step;
+    the plain loop gets them padded the same way, so both run the same kernels; frozen LM
+    stored as training stores it): both micro-step shapes and the update recorded and
+    replayed, no recording failure, every step's loss within 0.1 % of the plain step's and
+    the adapters ending within 1 % of the distance they moved."""
     from g4mm.config import ExperimentConfig
     from g4mm.train.loop import frozen_dtype_for, train_loop
     from g4mm.train.step_graph import graph_shape
@@ -230,16 +231,16 @@ def step_graph_check(kind: str, device: str, tokenizer, steps: int = 12) -> tupl
         cfg = ExperimentConfig()
         t = cfg.train
         t.max_steps, t.eval_every, t.warmup_steps, t.lr, t.precision = steps, 1, 2, 2e-3, "auto"
-        t.step_graph, t.step_graph_pad = graphed, 16
-        history = train_loop(model=model, batches=iter(batches * steps), cfg=cfg, device=dev,
+        t.step_graph, t.step_graph_pad, t.grad_accum = graphed, 16, 2
+        history = train_loop(model=model, batches=iter(batches * 2 * steps), cfg=cfg, device=dev,
                              report=lambda m, s: None, log=logs.append)  # fmt: skip
         ends.append(([h["train_loss"] for h in history], model.adapter_state_dict()))
     (plain, plain_end), (ours, our_end) = ends
     worst = max(abs(a - b) / abs(b) for a, b in zip(ours, plain, strict=True))
     moved = torch.cat([(plain_end[k] - v).flatten().float() for k, v in start.items()]).norm()
     apart = torch.cat([(our_end[k] - v).flatten().float() for k, v in plain_end.items()]).norm()
-    summary = next((line for line in logs if "shapes recorded" in line), "no step graph log")
-    replays = f"2 shapes recorded, {steps - 4} replayed steps" in summary
+    summary = next((line for line in logs if "graphs recorded" in line), "no step graph log")
+    replays = f"3 graphs recorded, {3 * steps - 6} replays" in summary  # 2 eager runs each
     return (
         f"{kind}: whole-step CUDA graph x{steps} == plain step",
         f"{summary[12:]}; worst loss diff {worst:.1e}, weights apart {apart / moved:.1e} of "

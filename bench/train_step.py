@@ -327,7 +327,7 @@ def time_ours(
         t = b.target_mask.sum(1).tolist()
         flops += sum(lm_train_flops(model.lm.config, k + q, j) for k, j in zip(n, t, strict=True))
     compiled = model.is_compiled
-    note = [m for m in notes if "compile" in m or (m.startswith("step graph: ") and "shapes" in m)]
+    note = [m for m in notes if "compile" in m or (m.startswith("step graph: ") and "graphs" in m)]
     model.compile_parts(False)
     model.cast_frozen(torch.float32)
     return {

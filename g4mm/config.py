@@ -254,7 +254,7 @@ class TrainConfig:
         step_graph: record the whole optimizer step (zero grads, forward, loss, backward,
             clip, AdamW) as one CUDA graph per padded batch shape and replay it
             (:mod:`g4mm.train.step_graph`): removes the per-kernel launch cost that bounds
-            small batches on a GPU. One process, ``grad_accum`` 1; not with the CUDA-graph
+            small batches on a GPU. One process (not under DDP); not with the CUDA-graph
             compile modes (``compile_mode`` default / max-autotune-no-cudagraphs compose).
         step_graph_pad: with ``step_graph``, prompt and target widths are padded up to
             multiples of this, so batches share recorded shapes (more padding, fewer graphs).
@@ -861,11 +861,6 @@ class ExperimentConfig:
                 f"train.step_graph with train.compile_mode = {t.compile_mode!r}: the step is "
                 "already one CUDA graph; compile with mode 'default' or "
                 "'max-autotune-no-cudagraphs' inside it, or turn step_graph off"
-            )
-        if t.step_graph and t.grad_accum != 1:
-            errors.append(
-                f"train.step_graph with train.grad_accum = {t.grad_accum}: a recorded step is "
-                "one micro-batch; set grad_accum 1 (or a larger batch_size) or step_graph off"
             )
         nonempty("train.output_dir", t.output_dir)
         nonempty("train.storage_path", t.storage_path)

@@ -91,7 +91,8 @@ def train(backbones, tokenizer, graphed: bool, steps: int = 18, resume=None, **c
         model.load_adapter_state_dict(resume["adapter"])
     logs, states = [], []
     originals = [b.map_tensors(torch.clone) for b in batches]
-    order = iter((batches * steps)[(resume["step"] if resume else 0) :])
+    done = resume["step"] * cfg.train.grad_accum if resume else 0  # micro-batches used
+    order = iter((batches * steps * cfg.train.grad_accum)[done:])
     history = train_loop(
         model=model, batches=order, cfg=cfg, device=CPU, resume=resume,
         report=lambda metrics, state: states.append(copy.deepcopy(state)), log=logs.append,
@@ -101,15 +102,21 @@ def train(backbones, tokenizer, graphed: bool, steps: int = 18, resume=None, **c
     return model, history, logs, states
 
 
-def test_static_input_step_trains_like_the_plain_step(tiny_backbones, tokenizer):
-    """18 steps over three padded shapes, lr warming up then decaying, gradients clipped:
-    every shape runs its two eager warm-up steps, is "recorded" (static inputs) and replayed
-    four times; losses, learning rates and the adapter weights match the plain loop."""
-    plain, plain_history, _, _ = train(tiny_backbones, tokenizer, graphed=False)
-    graphed, graphed_history, logs, _ = train(tiny_backbones, tokenizer, graphed=True)
+@pytest.mark.parametrize("grad_accum", [1, 3])
+def test_static_input_step_trains_like_the_plain_step(tiny_backbones, tokenizer, grad_accum):
+    """18 optimizer steps over three padded shapes, lr warming up then decaying, gradients
+    clipped, with and without accumulation: every piece (a shape's micro-step, the update)
+    runs two eager warm-up times, is "recorded" (static inputs) and replayed; losses, learning
+    rates and the adapter weights match the plain loop."""
+    plain, plain_history, _, _ = train(tiny_backbones, tokenizer, graphed=False,
+                                       grad_accum=grad_accum)  # fmt: skip
+    graphed, graphed_history, logs, _ = train(tiny_backbones, tokenizer, graphed=True,
+                                              grad_accum=grad_accum)  # fmt: skip
     assert any("no CUDA" in line for line in logs)
-    summary = [line for line in logs if line.startswith("step graph: 3 shapes recorded")]
-    assert summary and "12 replayed steps, 6 eager steps" in summary[0], logs
+    micro_runs, eager = 18 * grad_accum, 3 * 2 + 2  # three shapes and the update, twice each
+    summary = [line for line in logs if line.startswith("step graph: 4 graphs recorded")]
+    replays = f"{micro_runs + 18 - eager} replays, {eager} eager runs"
+    assert summary and replays in summary[0], logs
     for ours, theirs in zip(graphed_history, plain_history, strict=True):
         assert abs(ours["train_loss"] - theirs["train_loss"]) < 1e-5 * abs(theirs["train_loss"])
         assert isinstance(ours["lr"], float)  # read off the lr tensor (fp32) for the report
@@ -133,11 +140,16 @@ def test_a_step_graph_checkpoint_resumes(tiny_backbones, tokenizer, tmp_path, re
     assert_same_training(resumed, plain, tiny_backbones)
 
 
-def test_step_graph_is_not_used_under_accumulation_or_data_parallel(tiny_backbones, tokenizer):
-    _, history, logs, _ = train(tiny_backbones, tokenizer, graphed=True, steps=4, grad_accum=2)
-    assert "step graph: not with grad_accum 2; plain eager steps" in logs
-    assert not any(line.startswith("step graph: 0 shapes") for line in logs)
-    assert len(history) == 2
+def test_step_graph_is_not_used_under_data_parallel():
+    from g4mm.train.loop import use_step_graph
+
+    logs: list[str] = []
+    cfg = step_graph_config(4, graphed=True).train
+    assert not use_step_graph(cfg, CPU, data_parallel=True, log=logs.append)
+    assert logs == ["step graph: not with data-parallel workers; plain eager steps"]
+    assert use_step_graph(cfg, CPU, data_parallel=False, log=logs.append)
+    cfg.step_graph = False
+    assert not use_step_graph(cfg, CPU, data_parallel=False, log=logs.append)
 
 
 def test_graphed_step_refuses_an_optimizer_that_cannot_be_recorded(tiny_backbones):

@@ -113,14 +113,13 @@ def real_tokens(batch: Graph4MMInputs) -> int:
 def use_step_graph(
     train_cfg: Any, device: torch.device, data_parallel: bool, log: Callable
 ) -> bool:
-    """Whether this run records its steps as CUDA graphs (``train.step_graph``): on CUDA, one
-    process (no DDP: its gradient hooks would have to be recorded too) and no gradient
-    accumulation. Without CUDA the same static-input step runs eagerly (logged)."""
+    """Whether this run records its steps as CUDA graphs (``train.step_graph``): on CUDA and
+    in one process (under DDP its gradient hooks would have to be recorded too). Without CUDA
+    the same static-input step runs eagerly (logged)."""
     if not getattr(train_cfg, "step_graph", False):
         return False
-    if data_parallel or train_cfg.grad_accum != 1:
-        why = "data-parallel workers" if data_parallel else f"grad_accum {train_cfg.grad_accum}"
-        log(f"step graph: not with {why}; plain eager steps")
+    if data_parallel:
+        log("step graph: not with data-parallel workers; plain eager steps")
         return False
     if device.type != "cuda":
         log(f"step graph: no CUDA on {device}; the same static-input steps run eagerly")
@@ -194,18 +193,19 @@ def train_loop(
         step_graph = GraphedTrainStep(
             model, optimizer, params,
             autocast=lambda: autocast_for(device, train_cfg.precision),
-            grad_clip=train_cfg.grad_clip, pad_multiple=train_cfg.step_graph_pad, log=log,
+            grad_accum=train_cfg.grad_accum, grad_clip=train_cfg.grad_clip,
+            pad_multiple=train_cfg.step_graph_pad, log=log,
         )  # fmt: skip
     window_loss = torch.zeros((), device=device)
     window_steps = window_samples = window_tokens = 0
     window_start = run_start = time.perf_counter()
     with sdpa_kernel(TRAINING_SDPA_BACKENDS):
         while step < train_cfg.max_steps:
-            if step_graph is not None:  # the whole step, replayed once its shape is recorded
-                batch = next(batches)
-                window_tokens += real_tokens(batch)
-                window_loss += step_graph(batch)
-                window_samples += batch.batch_size
+            if step_graph is not None:  # the whole step, replayed once recorded
+                micro_batches = [next(batches) for _ in range(train_cfg.grad_accum)]
+                window_tokens += sum(map(real_tokens, micro_batches))
+                window_samples += sum(b.batch_size for b in micro_batches)
+                window_loss += step_graph(micro_batches)
             else:
                 optimizer.zero_grad(set_to_none=True)
                 for micro in range(train_cfg.grad_accum):
