@@ -20,8 +20,9 @@ from g4mm.train.step_graph import GraphedTrainStep, graph_shape
 CPU = torch.device("cpu")
 #: ||w_graphed - w_plain|| / ||w_plain - w_0|| allowed. The fused and foreach AdamW kernels
 #: alone end 2e-4 apart after 18 steps (float-level gradient differences, which AdamW's
-#: division by sqrt(v) amplifies on near-zero gradients), padding adds ~1e-4; replaying stale
-#: inputs, a frozen lr or a missing clip lands orders of magnitude further.
+#: division by sqrt(v) amplifies on near-zero gradients), padding adds ~1e-4. Breaking the
+#: step graph on purpose (replays on stale inputs, a frozen lr, no zeroing, no 1/grad_accum)
+#: failed the training test below each time (its loss check or this one).
 RELATIVE_TOLERANCE = 3e-3
 
 
