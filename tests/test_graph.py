@@ -6,9 +6,6 @@ induced subgraphs from plain Python sets over the graph's edge list.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 from torch_geometric.nn import SimpleConv
@@ -478,11 +475,3 @@ def test_dense_batch_to_edge_index_any_mask_and_validation() -> None:
         dense_batch_to_edge_index(adj, mask)
     with pytest.raises(ValueError, match=r"adj must be \[B, N, N\]"):
         dense_batch_to_edge_index(adj[0], mask)
-
-
-def test_graph_package_is_ray_free() -> None:
-    code = (
-        "import sys, g4mm.graph; print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
