@@ -515,6 +515,9 @@ def test_config_module_imports_no_heavy_dependencies() -> None:
 def test_step_graph_combinations_that_cannot_work_are_refused(overrides, fragment) -> None:
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         load_config("smoke", overrides)
+
+
+def test_step_graph_composes_with_default_compile_and_accumulation() -> None:
     ok = load_config("smoke", ["train.step_graph=true", "train.compile=true"])
     assert ok.train.step_graph and ok.train.compile_mode == "default"
     paper = load_config("wikiweb2m-opt125m", ["train.step_graph=true"])  # batch 8 x 16

@@ -19,8 +19,9 @@ from g4mm.train.step_graph import GraphedTrainStep, graph_shape
 
 CPU = torch.device("cpu")
 #: ||w_graphed - w_plain|| / ||w_plain - w_0|| allowed. The fused and foreach AdamW kernels
-#: alone end 2e-4 apart after 18 steps (float-level gradient differences, which AdamW's
-#: division by sqrt(v) amplifies on near-zero gradients), padding adds ~1e-4. Breaking the
+#: alone end 2.1e-4 apart after 18 steps (float-level gradient differences, which AdamW's
+#: division by sqrt(v) amplifies on near-zero gradients); the static-input path ends 3.2e-4
+#: (grad_accum 1) and 1.5e-4 (grad_accum 3) from the plain loop. Breaking the
 #: step graph on purpose (replays on stale inputs, a frozen lr, no zeroing, no 1/grad_accum)
 #: failed the training test below each time (its loss check or this one).
 RELATIVE_TOLERANCE = 3e-3
@@ -159,12 +160,8 @@ def test_graphed_step_refuses_an_optimizer_that_cannot_be_recorded(tiny_backbone
     optimizer = build_optimizer(model, cfg, CPU)
     build_scheduler(optimizer, cfg)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    try:
+    with pytest.raises(ValueError, match="capturable=True"):  # float lr, not capturable
         GraphedTrainStep(model, optimizer, params, autocast=torch.autocast)
-    except ValueError as err:
-        assert "capturable=True" in str(err)
-    else:
-        raise AssertionError("a float-lr, non-capturable optimizer was accepted")
     capturable = build_optimizer(model, cfg, CPU, capturable=True)
     store_lr(capturable, as_tensor=True)
     GraphedTrainStep(model, capturable, params, autocast=torch.autocast)

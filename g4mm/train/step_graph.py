@@ -126,10 +126,9 @@ class GraphedTrainStep:
     warmup: int = GRAPH_WARMUP
     max_graphs: int = 64
     log: Callable[[str], None] = print
-    stats: StepGraphStats = field(default_factory=StepGraphStats)
-    _recorded: dict[Any, _Recorded] = field(default_factory=dict)
-    _seen: Counter = field(default_factory=Counter)
-    _pool: Any = None
+    stats: StepGraphStats = field(default_factory=StepGraphStats, init=False)
+    _recorded: dict[Any, _Recorded] = field(default_factory=dict, init=False, repr=False)
+    _seen: Counter = field(default_factory=Counter, init=False, repr=False)
 
     def __post_init__(self) -> None:
         groups = self.optimizer.param_groups
@@ -141,8 +140,8 @@ class GraphedTrainStep:
         self.device = self.params[0].device
         self.on_cuda = self.device.type == "cuda"
         self._side = torch.cuda.Stream(self.device) if self.on_cuda else None
-        if self.on_cuda:
-            self._pool = torch.cuda.graph_pool_handle()  # one pool: pieces replay one by one
+        # one memory pool for all graphs: the pieces replay one after another, never at once
+        self._pool = torch.cuda.graph_pool_handle() if self.on_cuda else None
 
     def __call__(self, micro_batches: list[Graph4MMInputs]) -> Tensor:
         if len(micro_batches) != self.grad_accum:
