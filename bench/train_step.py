@@ -352,7 +352,9 @@ def host_syncs_per_step(
     """Host-device synchronisations per optimizer step of ``train_loop`` on CUDA, counted with
     ``torch.cuda.set_sync_debug_mode``: two runs, the second 4 steps longer, the difference / 4
     (each run's closing log line and report sync once by design; with ``step_graph`` both runs
-    also pay their eager warm-up and recording, so the difference counts replayed steps).
+    also pay their eager warm-up and recording, so the difference counts replayed steps). An
+    uncounted run goes first: without it the H100 run of 2026-11-27 counted -0.25 per step
+    (the first run synchronised once more, once per process: a first-use cost).
     Also returns where they happen: the Python line each sync warning points at, with its
     per-step count."""
     if device.type != "cuda":
@@ -363,7 +365,7 @@ def host_syncs_per_step(
         steps_until_recorded(batches, ExperimentConfig().train.step_graph_pad) if step_graph else 2
     )
     sites = []
-    for steps in (first, first + 4):
+    for steps in (first, first, first + 4):
         sync(device)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -383,8 +385,9 @@ def host_syncs_per_step(
                 if "synchroniz" in str(w.message)
             )
         )
-    per_step = {site: n / 4 for site, n in (sites[1] - sites[0]).items()}
-    return (sum(sites[1].values()) - sum(sites[0].values())) / 4, per_step
+    shorter, longer = sites[1:]
+    per_step = {site: n / 4 for site, n in (longer - shorter).items()}
+    return (sum(longer.values()) - sum(shorter.values())) / 4, per_step
 
 
 def load_anchor(path: str | Path, quick: bool):
@@ -516,7 +519,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.fp32_lm:
                 plans.append(Plan("full", frozen="fp32"))
             if args.step_graph and args.compile and args.compile_mode not in CUDA_GRAPH_MODES:
-                plans.append(Plan("full", True, "lm+adapter", "auto", args.compile_mode, True))
+                plans += [
+                    Plan("full", True, scope, "auto", args.compile_mode, step_graph=True)
+                    for scope in ("lm+adapter", "forward")
+                ]
         if args.step_graph:  # the whole step as one CUDA graph per padded shape
             plans += [Plan(kind, step_graph=True) for kind in variants]
         for plan in plans:

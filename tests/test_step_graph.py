@@ -16,6 +16,7 @@ from g4mm.train.checkpoint import load_checkpoint, save_checkpoint
 from g4mm.train.loop import train_loop
 from g4mm.train.optim import build_optimizer, build_scheduler, store_lr
 from g4mm.train.step_graph import GraphedTrainStep, graph_shape
+from g4mm.train.transfer import copy_batch_, pinned
 
 CPU = torch.device("cpu")
 #: ||w_graphed - w_plain|| / ||w_plain - w_0|| allowed. The fused and foreach AdamW kernels
@@ -166,3 +167,13 @@ def test_graphed_step_refuses_an_optimizer_that_cannot_be_recorded(tiny_backbone
     store_lr(capturable, as_tensor=True)
     GraphedTrainStep(model, capturable, params, autocast=torch.autocast)
 
+
+def test_batches_already_on_the_device_are_not_pinned(tiny_backbones, tokenizer):
+    """Pinning is for host tensors: a batch handed to training already on its device (as
+    bench/gpu_check.py does on CUDA) goes through untouched rather than failing in
+    ``pin_memory`` ("only dense CPU tensors can be pinned", the H100 run of 2026-11-27)."""
+    model = make_model(tiny_backbones)
+    on_device = batch_for(model, tokenizer).to("meta")
+    assert all(pinned(t) is t for t in on_device.tensors())
+    static = on_device.map_tensors(torch.empty_like)
+    copy_batch_(static, on_device)  # device -> device: no pinning on the way

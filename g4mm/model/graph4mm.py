@@ -17,6 +17,7 @@ real token, and logits are computed only at the positions that predict a target.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from g4mm.config import COMPILE_SCOPES
 from g4mm.model.adapters import GRAPH4MM_VARIANTS, Graph4MMAdapter
 from g4mm.model.backbones import load_lm, load_vision
 from g4mm.model.baselines import ConcatAdapter, GNNConcatAdapter
+from g4mm.model.causal_attention import causal_attention
 from g4mm.model.encoders import image_feature_dim, text_feature_dim
 from g4mm.model.inputs import Graph4MMInputs
 
@@ -261,7 +263,11 @@ class Graph4MM(nn.Module):
         teacher_forced = self.__dict__.get("_compiled_forward")
         if teacher_forced is None:
             teacher_forced = self._teacher_forced
-        loss, logits = teacher_forced(inputs)
+        # the packed layout needs no attention mask: keep transformers from checking for
+        # packed rows on the host or building a dense mask (g4mm.model.causal_attention)
+        packed = causal_attention(self.lm) if self._plain_lm_head() else contextlib.nullcontext()
+        with packed:
+            loss, logits = teacher_forced(inputs)
         return Graph4MMOutput(loss, logits, inputs.target_mask.sum())
 
     def _teacher_forced(self, inputs: Graph4MMInputs) -> tuple[Tensor, Tensor]:

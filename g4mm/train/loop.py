@@ -29,6 +29,7 @@ from g4mm.model.inputs import Graph4MMInputs
 from g4mm.train.checkpoint import training_state
 from g4mm.train.optim import build_optimizer, build_scheduler, current_lr, store_lr
 from g4mm.train.step_graph import GraphedTrainStep
+from g4mm.train.transfer import to_device
 
 Report = Callable[[dict[str, Any], dict[str, Any] | None], None]
 
@@ -58,14 +59,6 @@ def frozen_dtype_for(device: torch.device, precision: str, frozen_dtype: str) ->
 #: length it was 5-19 % faster, which training never sees.
 TRAINING_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                           SDPBackend.MATH]  # fmt: skip
-
-
-def to_device(batch: Graph4MMInputs, device: torch.device) -> Graph4MMInputs:
-    """``batch.to(device)``; on CUDA through pinned host memory with ``non_blocking`` copies,
-    so the host queues the step's kernels without waiting for the previous step to finish."""
-    if device.type != "cuda":
-        return batch.to(device)
-    return batch.map_tensors(lambda t: t.pin_memory().to(device, non_blocking=True))
 
 
 def compile_or_fallback(

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from g4mm.model.inputs import Graph4MMInputs
+from g4mm.train.transfer import copy_batch_
 
 #: Eager runs of a piece (a padded shape's micro-step, the update) before it is recorded.
 GRAPH_WARMUP = 2
@@ -55,15 +56,6 @@ def graph_shape(batch: Graph4MMInputs, multiple: int) -> tuple[int, int]:
 def shape_key(batch: Graph4MMInputs) -> tuple[tuple[int, ...], ...]:
     """The shapes a recorded micro-step is specialised to (every input tensor's)."""
     return tuple(tuple(t.shape) for t in batch.tensors())
-
-
-def copy_batch_(dst: Graph4MMInputs, src: Graph4MMInputs) -> None:
-    """Copy host batch ``src`` into ``dst``'s device tensors of the same shapes; on CUDA
-    through pinned memory without blocking the host."""
-    for target, source in zip(dst.tensors(), src.tensors(), strict=True):
-        if target.device.type == "cuda":
-            source = source.pin_memory()
-        target.copy_(source, non_blocking=True)
 
 
 @dataclass

@@ -1,0 +1,85 @@
+"""Mask-free causal attention for the packed teacher-forced LM pass.
+
+The packed layout (:meth:`g4mm.model.graph4mm.Graph4MM._packed_sequence`) puts each row's real
+tokens at positions ``0 .. n_i - 1`` and padding after them, so plain causal attention is
+exactly right for every real token: ``softmax(Q K^T / sqrt(d) + causal) V`` with no padding
+mask, which SDPA runs as its ``is_causal`` flash / memory-efficient kernels.
+
+Given no attention mask, transformers (>= 4.53, ``masking_utils``) does not simply take that
+path: it checks on the host whether the position ids describe several packed sequences per
+row (``find_packed_sequence_indices``: ``(mask[:, -1] == 0).all()``, one device -> host sync
+per forward), and while a CUDA graph is recorded or ``torch.compile`` traces, where it cannot
+check, it materialises a dense (B, 1, L, L) mask instead, which SDPA can only run through its
+slower masked kernels (measured on an H100: the recorded step at batch 32 ran at 259 samples/s
+against 457 eager, bench/RESULTS.md).
+
+transformers builds no mask at all for an attention implementation registered in
+``AttentionInterface`` without a mask function (its hook for external kernels). This module
+registers one, :data:`CAUSAL_SDPA`, that is transformers' own SDPA function called without a
+mask (so ``is_causal``), and :func:`causal_attention` switches an LM's config to it for the
+duration of a call. The LM's other uses (the masked layout, generation with left padding)
+keep their implementation and masks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from torch import Tensor, nn
+
+#: The name of the mask-free causal SDPA implementation in transformers' ``AttentionInterface``.
+CAUSAL_SDPA = "g4mm_causal_sdpa"
+
+
+def causal_sdpa_forward(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor | None]:
+    """transformers' SDPA attention with causal masking and no padding mask.
+
+    Shapes (transformers' attention-function convention): query (B, H, L, d_h), key / value
+    (B, H_kv, L, d_h) -> (B, L, H, d_h) and no attention weights.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if attention_mask is not None:
+        raise ValueError(
+            f"{CAUSAL_SDPA} runs causal attention without a mask, but the LM passed one of "
+            f"shape {tuple(attention_mask.shape)}; use it only on packed, mask-free sequences"
+        )
+    return sdpa_attention_forward(module, query, key, value, None, **kwargs)
+
+
+def register_causal_sdpa() -> None:
+    """Register :data:`CAUSAL_SDPA` with transformers (idempotent)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(CAUSAL_SDPA, causal_sdpa_forward)
+
+
+@contextlib.contextmanager
+def causal_attention(lm: nn.Module) -> Iterator[None]:
+    """Run ``lm`` (a Hugging Face model) with :data:`CAUSAL_SDPA` inside the block when it
+    uses SDPA; other implementations (eager, flash-attention) are left as they are.
+
+    The switch is a Python attribute of the LM's config, set and restored around the call:
+    nothing is recorded in a CUDA graph or traced by ``torch.compile`` from it, as long as the
+    block encloses the compiled or recorded call.
+    """
+    config = getattr(lm, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    if before != "sdpa":
+        yield
+        return
+    register_causal_sdpa()
+    config._attn_implementation = CAUSAL_SDPA
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
