@@ -16,8 +16,7 @@ Targets (performance issue): at batch 8, full length, our step >= 30x the offici
 step in samples/s and >= 50 % MFU on the LM work (against the bf16 matmul rate measured in the
 same run); sparse diffusion time linear in |E| (log-log slope <= 1.2 over the largest graphs);
 cached and uncached greedy decoding agree. Under ``--quick`` (CPU) the verdicts are ``info``:
-the targets are GPU targets. Took 131 s on one H100 before the step-graph rows and check were
-added (bench/RESULTS.md).
+the targets are GPU targets. Took 169 s on one H100 (2026-11-27, bench/RESULTS.md).
 
 The anchor script lives outside this repository (``../shared/anchors/``); on a machine with
 only the repository copy it next to the checkout and pass its path. Without it the official

@@ -24,6 +24,7 @@ keep their implementation and masks.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,8 +57,9 @@ def causal_sdpa_forward(
     return sdpa_attention_forward(module, query, key, value, None, **kwargs)
 
 
+@functools.cache
 def register_causal_sdpa() -> None:
-    """Register :data:`CAUSAL_SDPA` with transformers (idempotent)."""
+    """Register :data:`CAUSAL_SDPA` with transformers (once per process)."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(CAUSAL_SDPA, causal_sdpa_forward)
@@ -68,9 +70,10 @@ def causal_attention(lm: nn.Module) -> Iterator[None]:
     """Run ``lm`` (a Hugging Face model) with :data:`CAUSAL_SDPA` inside the block when it
     uses SDPA; other implementations (eager, flash-attention) are left as they are.
 
-    The switch is a Python attribute of the LM's config, set and restored around the call:
-    nothing is recorded in a CUDA graph or traced by ``torch.compile`` from it, as long as the
-    block encloses the compiled or recorded call.
+    The switch is a Python attribute of the LM's config, set and restored around the call, so
+    the block must enclose any compiled or recorded call: a CUDA graph then holds the kernels
+    the switch selects, and ``torch.compile`` guards on an attribute that every training step
+    sets alike.
     """
     config = getattr(lm, "config", None)
     before = getattr(config, "_attn_implementation", None)
