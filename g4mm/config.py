@@ -254,7 +254,8 @@ class TrainConfig:
         step_graph: record the whole optimizer step (zero grads, forward, loss, backward,
             clip, AdamW) as one CUDA graph per padded batch shape and replay it
             (:mod:`g4mm.train.step_graph`): removes the per-kernel launch cost that bounds
-            small batches on a GPU. One process (not under DDP); not with the CUDA-graph
+            small batches on a GPU. Under DDP the recorded steps bypass DDP's hooks and
+            gradients are averaged by one all-reduce per step; not with the CUDA-graph
             compile modes (``compile_mode`` default / max-autotune-no-cudagraphs compose).
         step_graph_pad: with ``step_graph``, prompt and target widths are padded up to
             multiples of this, so batches share recorded shapes (more padding, fewer graphs).

@@ -29,7 +29,12 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_backbones(tokenizer):
-    """(opt, llama, vision) with fixed random weights, hidden sizes 32 / 32 / 16."""
+    return make_tiny_backbones(tokenizer)
+
+
+def make_tiny_backbones(tokenizer):
+    """(opt, llama, vision) with fixed random weights, hidden sizes 32 / 32 / 16 (the same in
+    every process: the data-parallel tests build them in each rank)."""
     torch.manual_seed(0)
     opt = tiny_opt(tokenizer, hidden_size=32, num_layers=2, num_heads=2, max_positions=128)
     llama = tiny_llama(tokenizer, hidden_size=32, num_layers=2, num_heads=2, max_positions=128)

@@ -66,13 +66,13 @@ def test_graph_shapes_round_up_to_the_pad_multiple(tiny_backbones, tokenizer):
     assert graph_shape(batch, 64) == (64, 64)
 
 
-def shape_cycle(model, tokenizer):
+def shape_cycle(model, tokenizer, seed: int = 0):
     """Six batches in three padded shapes (pad 4): two batches of different content (and
     some of different raw width) per shape, so a replay on stale inputs would show."""
     widths = [(7, 5), (8, 3), (11, 6), (6, 5), (8, 4), (12, 8)]  # -> (8,8) (8,4) (12,8) x2
     return [
-        batch_for(model, tokenizer, b=3, seed=seed, prompt_len=p, target_len=t)
-        for seed, (p, t) in enumerate(widths)
+        batch_for(model, tokenizer, b=3, seed=seed + i, prompt_len=p, target_len=t)
+        for i, (p, t) in enumerate(widths)
     ]
 
 
@@ -143,14 +143,16 @@ def test_a_step_graph_checkpoint_resumes(tiny_backbones, tokenizer, tmp_path, re
     assert_same_training(resumed, plain, tiny_backbones)
 
 
-def test_step_graph_is_not_used_under_data_parallel():
+def test_use_step_graph_follows_the_config_and_says_what_it_does():
     from g4mm.train.loop import use_step_graph
 
     logs: list[str] = []
     cfg = step_graph_config(4, graphed=True).train
-    assert not use_step_graph(cfg, CPU, data_parallel=True, log=logs.append)
-    assert logs == ["step graph: not with data-parallel workers; plain eager steps"]
-    assert use_step_graph(cfg, CPU, data_parallel=False, log=logs.append)
+    assert use_step_graph(cfg, CPU, data_parallel=True, log=logs.append)  # tests/test_grad_sync
+    assert logs == [
+        "step graph: data-parallel: gradients averaged by one all-reduce per step, outside DDP",
+        "step graph: no CUDA on cpu; the same static-input steps run eagerly",
+    ]
     cfg.step_graph = False
     assert not use_step_graph(cfg, CPU, data_parallel=False, log=logs.append)
 

@@ -155,6 +155,7 @@ def test_worker_crash_resumes_from_the_checkpoint(artifact_dir, tmp_path):
         "--set", f"data.artifact_dir={artifact_dir}",
         "--set", "train.max_steps=20", "--set", "train.eval_every=10",
         "--set", "train.bucket_window=4",  # the Ray path's length bucketing, resumed too
+        "--set", "train.step_graph=true",  # and the step-graph path under DDP (eager on CPU)
     )  # fmt: skip
     assert proc.returncode == 0, tail(proc)
     assert "length-bucketed batches: sorted by token length in windows of 4" in proc.stdout
@@ -165,6 +166,7 @@ def test_worker_crash_resumes_from_the_checkpoint(artifact_dir, tmp_path):
     assert [h["resumed_from_step"] for h in history] == [0, 10]
     assert_finite_numbers(metrics, ("bleu4", "rougeL", "cider", "loss", "samples_per_s"))
     assert "resumed from step 10" in proc.stdout + proc.stderr
+    assert "step graph: data-parallel: gradients averaged" in proc.stdout + proc.stderr
     assert (run / "checkpoints" / "best" / CHECKPOINT_FILE).is_file()
 
 

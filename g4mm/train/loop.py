@@ -27,6 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from g4mm.config import CUDA_GRAPH_MODES
 from g4mm.model.inputs import Graph4MMInputs
 from g4mm.train.checkpoint import training_state
+from g4mm.train.grad_sync import GradientAllReduce
 from g4mm.train.optim import build_optimizer, build_scheduler, current_lr, store_lr
 from g4mm.train.step_graph import GraphedTrainStep
 from g4mm.train.transfer import to_device
@@ -106,17 +107,30 @@ def real_tokens(batch: Graph4MMInputs) -> int:
 def use_step_graph(
     train_cfg: Any, device: torch.device, data_parallel: bool, log: Callable
 ) -> bool:
-    """Whether this run records its steps as CUDA graphs (``train.step_graph``): on CUDA and
-    in one process (under DDP its gradient hooks would have to be recorded too). Without CUDA
-    the same static-input step runs eagerly (logged)."""
+    """Whether this run records its steps as CUDA graphs (``train.step_graph``). Without CUDA
+    the same static-input step runs eagerly (logged). Data-parallel runs average gradients
+    outside the recorded pieces (:mod:`g4mm.train.grad_sync`; logged)."""
     if not getattr(train_cfg, "step_graph", False):
         return False
     if data_parallel:
-        log("step graph: not with data-parallel workers; plain eager steps")
-        return False
+        log("step graph: data-parallel: gradients averaged by one all-reduce per step, outside DDP")
     if device.type != "cuda":
         log(f"step graph: no CUDA on {device}; the same static-input steps run eagerly")
     return True
+
+
+@contextlib.contextmanager
+def adapter_without_ddp(model: Any, enabled: bool) -> Iterator[None]:
+    """Inside the block ``model.adapter`` is the bare adapter rather than its DDP wrapper
+    (when ``enabled``); restored on the way out, errors included."""
+    if not enabled:
+        yield
+        return
+    wrapped, model.adapter = model.adapter, model.bare_adapter
+    try:
+        yield
+    finally:
+        model.adapter = wrapped
 
 
 def format_eta(seconds: float) -> str:
@@ -171,28 +185,29 @@ def train_loop(
     resumed_from = step
     params = [p for group in optimizer.param_groups for p in group["params"]]
     model.train()
-    if getattr(train_cfg, "compile", False):
-        first = next(batches)
-        batches = itertools.chain([first], batches)
-        with sdpa_kernel(TRAINING_SDPA_BACKENDS):
+    # recorded steps run the adapter without its DDP wrapper and average gradients themselves
+    bypass_ddp = graphed and no_sync is not None
+    with sdpa_kernel(TRAINING_SDPA_BACKENDS), adapter_without_ddp(model, bypass_ddp):
+        if getattr(train_cfg, "compile", False):
+            first = next(batches)
+            batches = itertools.chain([first], batches)
             compile_or_fallback(
                 model, first, device, train_cfg.precision, log,
                 train_cfg.compile_scope, train_cfg.compile_mode,
             )  # fmt: skip
-
-    compile_mode = train_cfg.compile_mode if getattr(train_cfg, "compile", False) else "default"
-    step_graph = None
-    if graphed:
-        step_graph = GraphedTrainStep(
-            model, optimizer, params,
-            autocast=lambda: autocast_for(device, train_cfg.precision),
-            grad_accum=train_cfg.grad_accum, grad_clip=train_cfg.grad_clip,
-            pad_multiple=train_cfg.step_graph_pad, log=log,
-        )  # fmt: skip
-    window_loss = torch.zeros((), device=device)
-    window_steps = window_samples = window_tokens = 0
-    window_start = run_start = time.perf_counter()
-    with sdpa_kernel(TRAINING_SDPA_BACKENDS):
+        compile_mode = train_cfg.compile_mode if getattr(train_cfg, "compile", False) else "default"
+        step_graph = None
+        if graphed:
+            step_graph = GraphedTrainStep(
+                model, optimizer, params,
+                autocast=lambda: autocast_for(device, train_cfg.precision),
+                grad_accum=train_cfg.grad_accum, grad_clip=train_cfg.grad_clip,
+                pad_multiple=train_cfg.step_graph_pad, log=log,
+                grad_sync=GradientAllReduce(params) if bypass_ddp else None,
+            )  # fmt: skip
+        window_loss = torch.zeros((), device=device)
+        window_steps = window_samples = window_tokens = 0
+        window_start = run_start = time.perf_counter()
         while step < train_cfg.max_steps:
             if step_graph is not None:  # the whole step, replayed once recorded
                 micro_batches = [next(batches) for _ in range(train_cfg.grad_accum)]

@@ -19,8 +19,14 @@ rate on the device (``capturable``, the scheduler writing the lr tensor in place
 that stay allocated (zeroed in place, never set to None). Every piece runs ``warmup`` times
 eagerly (a side stream on CUDA) before it is recorded, and those are real training work;
 a recording failure falls back to eager pieces, logged once. Without CUDA the same
-static-input path runs eagerly (what the CPU tests check against the plain step). Not under
-DDP (its gradient hooks would have to be recorded too; train_loop checks).
+static-input path runs eagerly (what the CPU tests check against the plain step).
+
+Data-parallel runs call the model without its DDP wrapper (whose gradient hooks launch
+collectives during backward, which a recording cannot hold) and pass ``grad_sync``
+(:class:`g4mm.train.grad_sync.GradientAllReduce`), which averages the gradients over the
+ranks eagerly between the last micro-step and the update:
+
+    step(micro-batches) = micro(b_1) ... micro(b_grad_accum); grad_sync(); update()
 """
 
 from __future__ import annotations
@@ -103,7 +109,9 @@ class GraphedTrainStep:
         pad_multiple: prompt and target widths are rounded up to multiples of this;
         warmup: eager runs per piece before it is recorded (lazy initialisation, cuBLAS
             workspaces and optimizer state must not be created during recording);
-        max_graphs: micro-step shapes recorded at most; later new shapes run eagerly.
+        max_graphs: micro-step shapes recorded at most; later new shapes run eagerly;
+        grad_sync: called between the micro-steps and the update (data-parallel runs:
+            the gradient average over the ranks), or None.
 
     Returns (per call): the mean loss of the micro-batches, a 0-dim device tensor.
     """
@@ -118,6 +126,7 @@ class GraphedTrainStep:
     warmup: int = GRAPH_WARMUP
     max_graphs: int = 64
     log: Callable[[str], None] = print
+    grad_sync: Callable[[], None] | None = None
     stats: StepGraphStats = field(default_factory=StepGraphStats, init=False)
     _recorded: dict[Any, _Recorded] = field(default_factory=dict, init=False, repr=False)
     _seen: Counter = field(default_factory=Counter, init=False, repr=False)
@@ -141,6 +150,8 @@ class GraphedTrainStep:
         total = torch.zeros((), device=self.device)
         for batch in micro_batches:
             total += self._micro(batch)  # queued before the next replay overwrites the loss
+        if self.grad_sync is not None:
+            self.grad_sync()
         self._run(_UPDATE, None)
         return total / self.grad_accum
 
