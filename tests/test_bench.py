@@ -74,7 +74,9 @@ def test_train_step_quick_prints_ours_beside_the_official_step(tmp_path, capsys)
             assert finite_positive(r[key]), (r["step"], key, r[key])
         assert r["mfu"] < 1.5  # against the measured matmul rate: never far above it
     ours = [r for r in rows if r["step"] == "ours"]
-    assert all(r["tokens_s"] / r["samples_s"] <= 80 for r in ours)  # at most 64 + 16 tokens
+    # at most 64 + 16 tokens per sample; full rows hold exactly 80, and the two rates'
+    # ratio may land an ulp above it (failed once in a fresh clone: not a real excess)
+    assert all(r["tokens_s"] / r["samples_s"] <= 80 * (1 + 1e-9) for r in ours)
     if anchor:
         assert any(r["step"] == "official-shaped fp32" for r in rows)
         assert all(finite_positive(r["x_official"]) for r in ours)

@@ -24,7 +24,6 @@ keep their implementation and masks.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,12 +56,14 @@ def causal_sdpa_forward(
     return sdpa_attention_forward(module, query, key, value, None, **kwargs)
 
 
-@functools.cache
 def register_causal_sdpa() -> None:
-    """Register :data:`CAUSAL_SDPA` with transformers (once per process)."""
+    """Register :data:`CAUSAL_SDPA` with transformers (at import; idempotent)."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(CAUSAL_SDPA, causal_sdpa_forward)
+
+
+register_causal_sdpa()  # here, not in causal_attention(): nothing for torch.compile to trace
 
 
 @contextlib.contextmanager
@@ -80,7 +81,6 @@ def causal_attention(lm: nn.Module) -> Iterator[None]:
     if before != "sdpa":
         yield
         return
-    register_causal_sdpa()
     config._attn_implementation = CAUSAL_SDPA
     try:
         yield
