@@ -122,7 +122,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             resume = load_checkpoint(directory)
         restore_adapter(model, resume, cfg.model, source="resumed checkpoint")
     # DDP over the trainable part only (prepare_model also moves it to this worker's device);
-    # the diffusion weights are a constant buffer: nothing to broadcast
+    # the diffusion weights are a constant buffer: nothing to broadcast. With
+    # train.step_graph the loop runs the bare adapter and averages gradients itself (grad_sync)
     model.adapter = ray.train.torch.prepare_model(
         model.adapter, parallel_strategy_kwargs={"broadcast_buffers": False}
     )
