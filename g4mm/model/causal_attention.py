@@ -5,18 +5,18 @@ tokens at positions ``0 .. n_i - 1`` and padding after them, so plain causal att
 exactly right for every real token: ``softmax(Q K^T / sqrt(d) + causal) V`` with no padding
 mask, which SDPA runs as its ``is_causal`` flash / memory-efficient kernels.
 
-Given no attention mask, transformers (>= 4.53, ``masking_utils``) does not simply take that
-path: it checks on the host whether the position ids describe several packed sequences per
-row (``find_packed_sequence_indices``: ``(mask[:, -1] == 0).all()``, one device -> host sync
-per forward), and while a CUDA graph is recorded or ``torch.compile`` traces, where it cannot
-check, it materialises a dense (B, 1, L, L) mask instead, which SDPA can only run through its
-slower masked kernels (measured on an H100: the recorded step at batch 32 ran at 259 samples/s
-against 457 eager, bench/RESULTS.md).
+Given no attention mask, transformers 5 (``masking_utils``; seen in 5.17 and 5.24) does not
+simply take that path: it checks on the host whether the position ids describe several packed
+sequences per row (``find_packed_sequence_indices``: ``(mask[:, -1] == 0).all()``, one device
+-> host sync per forward), and while a CUDA graph is recorded or ``torch.compile`` traces,
+where it cannot check, it materialises a dense (B, 1, L, L) mask instead, which SDPA can only
+run through its slower masked kernels (measured on an H100: the recorded step at batch 32 ran
+at 259 samples/s against 457 eager, bench/RESULTS.md).
 
 transformers builds no mask at all for an attention implementation registered in
 ``AttentionInterface`` without a mask function (its hook for external kernels). This module
-registers one, :data:`CAUSAL_SDPA`, that is transformers' own SDPA function called without a
-mask (so ``is_causal``), and :func:`causal_attention` switches an LM's config to it for the
+registers one, :data:`CAUSAL_SDPA`, that is transformers' own SDPA function (``is_causal``
+when no mask comes), and :func:`causal_attention` switches an LM's config to it for the
 duration of a call. The LM's other uses (the masked layout, generation with left padding)
 keep their implementation and masks.
 """
@@ -41,19 +41,17 @@ def causal_sdpa_forward(
     attention_mask: Tensor | None,
     **kwargs: Any,
 ) -> tuple[Tensor, Tensor | None]:
-    """transformers' SDPA attention with causal masking and no padding mask.
+    """transformers' own SDPA attention function; registered without a mask function, so
+    transformers >= 5 passes no mask and SDPA runs ``is_causal``. A mask that an LM builds by
+    itself anyway (OPT in transformers 4.56 does) is used as given: it is the same causal
+    mask, so the result is the same, only without the mask-free kernels.
 
     Shapes (transformers' attention-function convention): query (B, H, L, d_h), key / value
     (B, H_kv, L, d_h) -> (B, L, H, d_h) and no attention weights.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if attention_mask is not None:
-        raise ValueError(
-            f"{CAUSAL_SDPA} runs causal attention without a mask, but the LM passed one of "
-            f"shape {tuple(attention_mask.shape)}; use it only on packed, mask-free sequences"
-        )
-    return sdpa_attention_forward(module, query, key, value, None, **kwargs)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
 def register_causal_sdpa() -> None:

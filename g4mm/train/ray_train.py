@@ -39,7 +39,7 @@ from g4mm.train.components import (
     make_evaluator,
 )
 from g4mm.train.local import limit
-from g4mm.train.loop import train_loop
+from g4mm.train.loop import adapter_without_ddp, train_loop
 from g4mm.train.selection import score_key
 
 
@@ -136,11 +136,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         def evaluate() -> dict[str, float]:
             # rank 0 alone evaluates: run the bare adapter so no DDP collective can block
-            wrapped, model.adapter = model.adapter, model.bare_adapter
-            try:
+            with adapter_without_ddp(model, True):
                 return evaluate_val()
-            finally:
-                model.adapter = wrapped
 
     def report(metrics: dict, state: dict | None) -> None:
         if state is None:
