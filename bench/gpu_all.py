@@ -123,6 +123,15 @@ def train_rows(args: argparse.Namespace, gpu: bool) -> list[list[Any]]:
         out.append(["train_step", f"best variant, b={best['batch']} full", text +
                     f"MFU {best['mfu']:.1%}", f">= x{SPEEDUP_TARGET:.0f}, MFU >= {MFU_TARGET:.0%}",
                     verdict(ok, gpu)])  # fmt: skip
+    alone = [r for r in result["rows"] if r.get("kind") == "lm alone" and r.get("samples_s")]
+    if alone:  # the LM's work without adapter or update: what the step's MFU is bounded by
+        top = max(alone, key=lambda r: r["mfu"])
+        text = f"{top['step']}: MFU {top['mfu']:.1%}"
+        if variants:
+            best = max(variants, key=lambda r: r["mfu"])
+            text += f"; best step ({best['step']}) at {best['mfu'] / top['mfu']:.0%} of it"
+        out.append(["train_step", f"LM work alone, b={top['batch']} full (MFU ceiling)", text,
+                    "", "info"])  # fmt: skip
     return out
 
 

@@ -20,7 +20,15 @@ the official step's 1024 input (soft tokens included) + 128 output tokens.
 
 ``--step-graph`` adds the same rows with ``train.step_graph`` (the whole step recorded as one
 CUDA graph per padded shape and replayed; every shape is recorded before the timed window, and
-the note gives the padding this costs), and counts host syncs per replayed step on CUDA.
+the note gives the padding this costs), and counts host syncs per replayed step on CUDA; on
+CUDA also recorded rows with ``train.cudnn_attention`` (fixed shapes: cuDNN's plan per shape is
+built once).
+
+"frozen LM alone" rows (``bench/lm_alone.py``; ``--no-lm-alone`` skips them) time the LM's
+share of a micro-step by itself, at the first batch size and full length: its forward, the
+head and loss at the targets, and the input-gradient backward, with no adapter, packing or
+optimizer, in the same variants (eager, compiled, CUDA graph, cuDNN attention). Its MFU is
+the ceiling of the training-step rows' MFU at that shape.
 
 Throughput counts real tokens only. FLOPs are counted per sample with n real tokens (prompt +
 soft + target) of which t are targets, for an LM of width d, L layers, FFN width f, vocabulary
@@ -74,6 +82,7 @@ from common import (
     print_table,
     sync,
 )
+from lm_alone import LMAlone, time_lm_alone
 
 from g4mm.config import COMPILE_MODES, CUDA_GRAPH_MODES, ExperimentConfig
 from g4mm.data.collate import length_bucketed_batches
@@ -228,13 +237,14 @@ def step_config(
     scope: str = "lm",
     compile_mode: str = "default",
     step_graph: bool = False,
+    cudnn: bool = False,
 ) -> ExperimentConfig:
     cfg = ExperimentConfig()
     t = cfg.train
     t.max_steps, t.eval_every, t.warmup_steps, t.grad_accum = steps, steps, 50, 1
     t.lr, t.weight_decay, t.betas, t.grad_clip = 1e-4, 0.01, (0.9, 0.95), 1.0
     t.precision, t.compile, t.compile_scope = "auto", compile_lm, scope
-    t.compile_mode, t.step_graph = compile_mode, step_graph
+    t.compile_mode, t.step_graph, t.cudnn_attention = compile_mode, step_graph, cudnn
     return cfg
 
 
@@ -262,6 +272,7 @@ class Plan:
     frozen: str = "auto"
     compile_mode: str = "default"
     step_graph: bool = False
+    cudnn: bool = False
 
     @property
     def name(self) -> str:
@@ -274,6 +285,8 @@ class Plan:
                 name += f" ({self.compile_mode})"
         if self.step_graph:
             name += " + step graph"
+        if self.cudnn:
+            name += " + cuDNN attention"
         if self.frozen == "fp32":
             name += ", frozen LM fp32 (autocast casts)"
         return name
@@ -308,7 +321,7 @@ def time_ours(
         model=model,
         batches=itertools.cycle(batches),
         cfg=step_config(warmup + steps, plan.compile_lm, plan.scope, plan.compile_mode,
-                        plan.step_graph),
+                        plan.step_graph, plan.cudnn),
         device=device,
         report=lambda metrics, state: None,
         log=notes.append,
@@ -523,8 +536,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     Plan("full", True, scope, "auto", args.compile_mode, step_graph=True)
                     for scope in ("lm+adapter", "forward")
                 ]
+                if device.type == "cuda":  # fixed shapes: cuDNN's per-shape plan paid once
+                    plans.append(Plan("full", True, "lm+adapter", "auto", args.compile_mode,
+                                      step_graph=True, cudnn=True))  # fmt: skip
         if args.step_graph:  # the whole step as one CUDA graph per padded shape
             plans += [Plan(kind, step_graph=True) for kind in variants]
+            if device.type == "cuda" and b == args.batch[0]:
+                kind = "bucketed" if "bucketed" in variants else "full"
+                plans.append(Plan(kind, step_graph=True, cudnn=True))
         for plan in plans:
             batches = make_batches(plan.kind, b, args.batches, shape)
             try:
@@ -562,16 +581,68 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             print(f"{plan.name} b={b} {plan.kind}: {samples_s:.1f} samples/s", flush=True)
             del batches
+        if b == args.batch[0] and args.lm_alone:
+            rows += lm_alone_rows(model, device, shape, b, args)
     for row in rows:
         if row.get("tflops") is not None:
             row["mfu"] = row["tflops"] / peak
         if (
-            row["step"] != "official-shaped fp32"
+            row["step"].startswith("ours")
             and official.get(row["batch"])
             and row.get("samples_s") is not None
         ):
             row["x_official"] = row["samples_s"] / official[row["batch"]]
     return {"meta": meta, "rows": rows}
+
+
+def lm_alone_plans(device: torch.device, compile_lm: bool, step_graph: bool) -> list[LMAlone]:
+    """The LM-alone rows matching the step rows asked for (graph and cuDNN rows on CUDA)."""
+    plans = [LMAlone()]
+    plans += [LMAlone(compile_lm=True)] if compile_lm else []
+    if step_graph:
+        plans += [LMAlone(graphed=True), LMAlone(graphed=True, cudnn=True)]
+        plans += [LMAlone(True, graphed=True), LMAlone(True, True, True)] if compile_lm else []
+    return [plan for plan in plans if plan.runs_on(device)]
+
+
+def lm_alone_rows(
+    model: Graph4MM, device: torch.device, shape: Shape, batch: int, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Rows of the frozen LM's work alone at full length (``bench/lm_alone.py``): the MFU
+    ceiling the training-step rows of the same batch are measured against."""
+    tokens, targets = shape.input_tokens + shape.target_tokens, shape.target_tokens
+    flops = batch * lm_train_flops(model.lm.config, tokens, targets)
+    rows = []
+    for plan in lm_alone_plans(device, args.compile, args.step_graph):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            res = time_lm_alone(model, device, batch, tokens, targets, args.steps, args.warmup,
+                                plan)  # fmt: skip
+        except Exception as err:  # a failing variant (cuDNN, a recording) is a row
+            note = f"failed: {type(err).__name__}: {err}"[:160]
+            rows.append({"step": plan.name, "batch": batch, "kind": "lm alone", "note": note})
+            print(f"{plan.name} b={batch}: {note}", flush=True)
+            continue
+        rate = res["samples"] / res["seconds"]
+        rows.append(
+            {
+                "step": plan.name,
+                "batch": batch,
+                "lengths": f"full {tokens}",
+                "samples_s": rate,
+                "tokens_s": rate * tokens,
+                "tflops": flops / res["seconds"] / 1e12,
+                "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30
+                if device.type == "cuda"
+                else None,
+                "note": f"LM fwd + input-grad bwd only (no adapter, packing, update); "
+                f"SDPA {res['attention']}",
+                "kind": "lm alone",
+            }
+        )
+        print(f"{plan.name} b={batch}: {rate:.1f} samples/s", flush=True)
+    return rows
 
 
 def table_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
@@ -636,6 +707,12 @@ def parser() -> argparse.ArgumentParser:
         "--fp32-lm",
         action="store_true",
         help="add a row with the frozen LM kept in fp32 under autocast (1st batch; CUDA default)",
+    )
+    p.add_argument(
+        "--no-lm-alone",
+        dest="lm_alone",
+        action="store_false",
+        help="skip the frozen-LM-alone rows (the LM work without adapter or update, 1st batch)",
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: see common)")

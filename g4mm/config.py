@@ -259,6 +259,11 @@ class TrainConfig:
             compile modes (``compile_mode`` default / max-autotune-no-cudagraphs compose).
         step_graph_pad: with ``step_graph``, prompt and target widths are padded up to
             multiples of this, so batches share recorded shapes (more padding, fewer graphs).
+        cudnn_attention: let SDPA try its cuDNN attention first (off by default: cuDNN
+            builds an execution plan for every new sequence shape, 118 vs 43 ms per step at
+            batch 8 with bucketed variable lengths on one H100). With ``step_graph`` each
+            padded shape is recorded once, so the plan is built once per shape; whether the
+            kernel is then faster is measured by ``bench/train_step.py`` (its cuDNN rows).
     """
 
     seed: int = 0
@@ -286,6 +291,7 @@ class TrainConfig:
     bucket_window: int = 0
     step_graph: bool = False
     step_graph_pad: int = 64
+    cudnn_attention: bool = False
 
 
 @dataclass

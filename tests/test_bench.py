@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import diffusion  # noqa: E402
 import generate  # noqa: E402
 import gpu_all  # noqa: E402
+import lm_alone  # noqa: E402
 import train_step  # noqa: E402
 
 from g4mm.data.collate import GraphCollator, length_bucketed_batches  # noqa: E402
@@ -73,6 +74,9 @@ def test_train_step_quick_prints_ours_beside_the_official_step(tmp_path, capsys)
         for key in ("samples_s", "tokens_s", "tflops", "mfu"):
             assert finite_positive(r[key]), (r["step"], key, r[key])
         assert r["mfu"] < 1.5  # against the measured matmul rate: never far above it
+    alone = [r for r in rows if r.get("kind") == "lm alone"]
+    assert [r["step"] for r in alone] == ["frozen LM alone"]  # CPU: no graph or cuDNN rows
+    assert all("x_official" not in r for r in alone)  # not a training step
     ours = [r for r in rows if r["step"] == "ours"]
     # at most 64 + 16 tokens per sample; full rows hold exactly 80, and the two rates'
     # ratio may land an ulp above it (failed once in a fresh clone: not a real excess)
@@ -105,6 +109,27 @@ def test_lm_flops_formula_matches_torch_flop_counter():
     expected = train_step.lm_train_flops(config, n, t) - 3 * 2 * layers * n * n * d
     expected += 3 * full_attention
     assert counted == pytest.approx(expected, rel=0.02)
+
+
+def test_lm_alone_does_exactly_the_lm_flops_the_rows_count():
+    """The LM-alone micro-step (forward, head at the targets, input-gradient backward) runs
+    the linear and head FLOPs of the bench's formula and no more: a head over every position
+    or weight gradients for the frozen LM would add to them. SDPA is left out of the
+    comparison (the counter skips the CPU kernel, and charges a causal product in full)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    shape, batch = train_step.QUICK, 2
+    model = train_step.build_model(shape, torch.device("cpu"))
+    tokens, targets = shape.input_tokens + shape.target_tokens, shape.target_tokens
+    inputs = lm_alone.lm_work_inputs(model, batch, tokens, targets)
+    with FlopCounterMode(display=False) as counter:
+        loss, grad = lm_alone.lm_work(model, torch.device("cpu"), *inputs)
+    counts = counter.get_flop_counts()["Global"]
+    matmuls = sum(n for op, n in counts.items() if "scaled_dot_product" not in str(op))
+    attention = 3 * 2 * shape.layers * tokens**2 * shape.hidden
+    formula = train_step.lm_train_flops(model.lm.config, tokens, targets)
+    assert matmuls == batch * (formula - attention)
+    assert torch.isfinite(loss) and grad.shape == inputs[0].shape and grad.abs().sum() > 0
 
 
 # ----------------------------------------------------------------------------- diffusion
@@ -363,9 +388,13 @@ def test_compiled_forward_scope_matches_eager_loss_and_gradients(tiny_backbones,
         model.compile_parts(True, scope="everything")
 
 
-def test_training_steps_run_without_cudnn_attention():
+@pytest.mark.parametrize("cudnn", [False, True])
+def test_training_steps_use_cudnn_attention_only_when_asked(cudnn):
     """train_loop runs forward and backward with SDPA's cuDNN backend switched off (it rebuilds a
-    graph per new sequence length) and restores the global setting afterwards."""
+    plan per new sequence length), or with ``train.cudnn_attention`` tried first, and restores
+    the global setting afterwards."""
+    from torch.nn.attention import SDPBackend
+
     from g4mm.config import ExperimentConfig
     from g4mm.train.loop import train_loop
 
@@ -377,21 +406,25 @@ def test_training_steps_run_without_cudnn_attention():
             self.w = torch.nn.Parameter(torch.ones(()))
 
         def forward(self, inputs):
-            seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+            first = torch._C._get_sdp_priority_order()[0]
+            seen.append((torch.backends.cuda.cudnn_sdp_enabled(), first))
             return SimpleNamespace(loss=self.w * 2.0)
 
         def parameter_groups(self, weight_decay):
             return [{"params": [self.w], "weight_decay": 0.0}]
 
-    cfg = ExperimentConfig()
+    cfg = ExperimentConfig().updated({"train.cudnn_attention": cudnn})
     cfg.train.max_steps = cfg.train.eval_every = 2
-    before = torch.backends.cuda.cudnn_sdp_enabled()
+    before = torch.backends.cuda.cudnn_sdp_enabled(), torch._C._get_sdp_priority_order()
     batch = SimpleNamespace(target_mask=torch.ones(1, 2), prompt_mask=torch.ones(1, 2),
                             batch_size=1, to=lambda device: batch)  # fmt: skip
     train_loop(model=Probe(), batches=iter([batch] * 2), cfg=cfg, device=torch.device("cpu"),
                report=lambda m, s: None, log=lambda _: None, is_main=False)  # fmt: skip
-    assert seen == [False, False]
-    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    if cudnn:
+        assert seen == [(True, int(SDPBackend.CUDNN_ATTENTION))] * 2
+    else:
+        assert [enabled for enabled, _ in seen] == [False, False]
+    assert (torch.backends.cuda.cudnn_sdp_enabled(), torch._C._get_sdp_priority_order()) == before
 
 
 def test_profile_step_quick(capsys):

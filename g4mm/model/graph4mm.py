@@ -39,6 +39,16 @@ _COMPILED = ("_compiled_body", "_compiled_adapter", "_compiled_forward")
 IGNORE_INDEX = -100
 
 
+def target_loss(logits: Tensor, target_ids: Tensor, target_mask: Tensor) -> Tensor:
+    """Mean cross-entropy over the real target tokens, computed in fp32:
+    ``-(1/|M|) sum_{(b,t) in M} log softmax(logits[b, t])[target_ids[b, t]]``, M the
+    positions where ``target_mask`` (B, T) is set; logits (B, T, V)."""
+    labels = target_ids.masked_fill(~target_mask.bool(), IGNORE_INDEX)
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX
+    )
+
+
 @dataclass
 class Graph4MMOutput:
     """``loss`` (scalar, mean over real target tokens), ``logits`` (B, T, V) at the target
@@ -273,19 +283,22 @@ class Graph4MM(nn.Module):
     def _teacher_forced(self, inputs: Graph4MMInputs) -> tuple[Tensor, Tensor]:
         """(loss, target logits (B, T, V)) of :meth:`forward`, as one compilable function."""
         if self._plain_lm_head():
-            embeds, predictor = self._packed_sequence(inputs)
-            hidden = self._lm_hidden(embeds)  # (B, L, D)
-            hidden = hidden.gather(1, predictor[..., None].expand(-1, -1, hidden.shape[-1]))
-            logits = self.lm.get_output_embeddings()(hidden)  # (B, T, V)
+            logits = self.packed_target_logits(*self._packed_sequence(inputs))
         else:
             logits = self._masked_target_logits(inputs)
-        labels = inputs.target_ids.masked_fill(~inputs.target_mask.bool(), IGNORE_INDEX)
-        loss = F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]),
-            labels.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-        )
-        return loss, logits
+        return target_loss(logits, inputs.target_ids, inputs.target_mask), logits
+
+    def packed_target_logits(self, embeds: Tensor, predictor: Tensor) -> Tensor:
+        """The LM's work in the packed pass: target logits (B, T, V) from packed embeddings
+        (B, L, D) and each target's predicting position (B, T) (:meth:`_packed_sequence`).
+
+        Only the T predicting hidden states go through the head: ``logits = W_head
+        h[predictor]``, not the (B, L, V) of every position. Needs causal attention without a
+        mask over the rows (:func:`g4mm.model.causal_attention.causal_attention`, which
+        :meth:`forward` enters)."""
+        hidden = self._lm_hidden(embeds)  # (B, L, D)
+        hidden = hidden.gather(1, predictor[..., None].expand(-1, -1, hidden.shape[-1]))
+        return self.lm.get_output_embeddings()(hidden)  # (B, T, V)
 
     def _masked_target_logits(self, inputs: Graph4MMInputs) -> Tensor:
         """Target logits (B, T, V) through the LM's own head on the padded, masked layout."""

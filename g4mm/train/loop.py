@@ -62,6 +62,16 @@ TRAINING_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTEN
                           SDPBackend.MATH]  # fmt: skip
 
 
+def training_sdpa(cudnn: bool = False) -> contextlib.AbstractContextManager:
+    """The SDPA kernels of a training step (``train.cudnn_attention``): those of
+    :data:`TRAINING_SDPA_BACKENDS`, or cuDNN attention tried first and then those. With
+    ``train.step_graph`` every shape is fixed and recorded once, so cuDNN's per-shape plan is
+    paid once per recorded shape, not per batch."""
+    if not cudnn:
+        return sdpa_kernel(TRAINING_SDPA_BACKENDS)
+    return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, *TRAINING_SDPA_BACKENDS], set_priority=True)
+
+
 def compile_or_fallback(
     model: Any,
     batch: Graph4MMInputs,
@@ -187,7 +197,8 @@ def train_loop(
     model.train()
     # recorded steps run the adapter without its DDP wrapper and average gradients themselves
     bypass_ddp = graphed and no_sync is not None
-    with sdpa_kernel(TRAINING_SDPA_BACKENDS), adapter_without_ddp(model, bypass_ddp):
+    attention = training_sdpa(getattr(train_cfg, "cudnn_attention", False))
+    with attention, adapter_without_ddp(model, bypass_ddp):
         if getattr(train_cfg, "compile", False):
             first = next(batches)
             batches = itertools.chain([first], batches)
