@@ -82,7 +82,7 @@ from common import (
     print_table,
     sync,
 )
-from lm_alone import LMAlone, time_lm_alone
+from lm_alone import LMAlone, sdpa_kernel_name, time_lm_alone
 
 from g4mm.config import COMPILE_MODES, CUDA_GRAPH_MODES, ExperimentConfig
 from g4mm.data.collate import length_bucketed_batches
@@ -315,6 +315,15 @@ def time_ours(
 
     model.compile_parts(False)
     model.cast_frozen(frozen_dtype_for(device, "auto", plan.frozen))
+    q = model.bare_adapter.qformer.queries.shape[0]  # soft tokens per sample
+    kernel = None
+    if plan.cudnn:  # name the kernel SDPA picks: a tried-first backend may be passed over
+        first = batches[0]
+        width = first.prompt_ids.shape[1] + q + first.target_ids.shape[1]
+        kernel = f"SDPA {sdpa_kernel_name(model.lm, first.batch_size, width, cudnn=True)}"
+    fresh_trace = plan.compile_lm and plan.cudnn  # dynamo does not guard on SDPA backends
+    if fresh_trace:
+        torch._dynamo.reset()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     train_loop(
@@ -332,7 +341,6 @@ def time_ours(
     used = list(itertools.islice(itertools.cycle(batches), warmup, warmup + steps))
     samples = sum(b.batch_size for b in used)
     real = [(int(b.prompt_mask.sum()), int(b.target_mask.sum())) for b in used]
-    q = model.bare_adapter.qformer.queries.shape[0]  # soft tokens per sample
     tokens = sum(p + t for p, t in real) + samples * q
     flops = 0.0
     for b in used:
@@ -341,8 +349,11 @@ def time_ours(
         flops += sum(lm_train_flops(model.lm.config, k + q, j) for k, j in zip(n, t, strict=True))
     compiled = model.is_compiled
     note = [m for m in notes if "compile" in m or (m.startswith("step graph: ") and "graphs" in m)]
+    note = [kernel, *note] if kernel else note
     model.compile_parts(False)
     model.cast_frozen(torch.float32)
+    if fresh_trace:
+        torch._dynamo.reset()
     return {
         "seconds": seconds,
         "samples": samples,
