@@ -299,10 +299,13 @@ def time_ours(
     steps: int,
     warmup: int,
     plan: Plan,
+    profiler: torch.profiler.profile | None = None,
 ) -> dict[str, Any]:
     """Seconds of ``steps`` optimizer steps of ``train_loop`` (after ``warmup`` steps of a
     first ``train_loop`` call, which also compiles when asked), the frozen LM stored as
-    training stores it (:func:`g4mm.train.loop.frozen_dtype_for`)."""
+    training stores it (:func:`g4mm.train.loop.frozen_dtype_for`). A ``profiler`` is started
+    with the clock and stopped after the last timed step (warm-up, compilation and recording
+    stay out of it)."""
     notes: list[str] = []
     if plan.step_graph:  # every shape recorded before the timed window
         warmup = max(warmup, steps_until_recorded(batches, ExperimentConfig().train.step_graph_pad))
@@ -311,6 +314,8 @@ def time_ours(
     def start_clock(step: int) -> None:
         if step == warmup:
             sync(device)
+            if profiler is not None:
+                profiler.start()
             marks["start"] = time.perf_counter()
 
     model.compile_parts(False)
@@ -338,6 +343,8 @@ def time_ours(
     )  # fmt: skip
     sync(device)
     seconds = time.perf_counter() - marks["start"]
+    if profiler is not None:
+        profiler.stop()
     used = list(itertools.islice(itertools.cycle(batches), warmup, warmup + steps))
     samples = sum(b.batch_size for b in used)
     real = [(int(b.prompt_mask.sum()), int(b.target_mask.sum())) for b in used]

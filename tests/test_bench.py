@@ -27,6 +27,7 @@ import diffusion  # noqa: E402
 import generate  # noqa: E402
 import gpu_all  # noqa: E402
 import lm_alone  # noqa: E402
+import profile_step  # noqa: E402
 import train_step  # noqa: E402
 
 from g4mm.data.collate import GraphCollator, length_bucketed_batches  # noqa: E402
@@ -173,12 +174,17 @@ def test_generate_quick_cached_equals_uncached(tmp_path, capsys):
 def test_gpu_all_quick_prints_one_summary_table(tmp_path, capsys):
     out_json = tmp_path / "all.json"
     argv = ["--quick", "--no-compile", "--anchor", "", "--only", "gpu_check", "train_step",
-            "generate", "--json", str(out_json)]  # fmt: skip
+            "profile", "generate", "--json", str(out_json)]  # fmt: skip
     assert gpu_all.main(argv) == 0
     out = capsys.readouterr().out
     assert header_of(out.split("== summary")[-1], "bench") == gpu_all.HEADERS
     rows = json.loads(out_json.read_text())["rows"]
-    assert {r[0] for r in rows} == {"gpu_check", "train_step", "generate", "all"}
+    assert {r[0] for r in rows} == {"gpu_check", "train_step", "profile", "generate", "all"}
+    profiled = [r for r in rows if r[0] == "profile" and "(profiled)" in r[1]]
+    assert [r[1] for r in profiled] == ["step-graph b=8 full (profiled)"]
+    assert "host busy" in profiled[0][2] and "matmul" in profiled[0][2]
+    ceiling = [r for r in rows if r[1].startswith("LM work alone")]
+    assert ceiling and "frozen LM alone: MFU" in ceiling[0][2]
     assert all(r[4] in ("info", "PASS") for r in rows), rows  # CPU: no GPU verdicts
     assert not any(r[1] == "section failed" for r in rows)
 
@@ -428,13 +434,38 @@ def test_training_steps_use_cudnn_attention_only_when_asked(cudnn):
 
 
 def test_profile_step_quick(capsys):
-    import profile_step
-
     argv = ["--quick", "--steps", "2", "--warmup", "1", "--batches", "2", "--profile",
-            "--top", "3", "--settings", "default", "fp32-lm"]  # fmt: skip
+            "--top", "3", "--settings", "default", "fp32-lm", "step-graph"]  # fmt: skip
     assert profile_step.main(argv) == 0
     out = capsys.readouterr().out
     assert "top operators by self host time" in out and "| fp32-lm | 8 | full |" in out
+    assert out.count("host operator time by category") == 3 and "| matmul |" in out
+    assert "| step-graph | 8 | full |" in out
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1", "matmul"),
+        ("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NTN", "matmul"),
+        ("aten::addmm", "matmul"),
+        ("void flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<Flash_bwd_kernel_traits<64>>",
+         "attention"),
+        ("fmha_cutlassF_bf16_aligned_64x64_rf_sm80(PyTorchMemEffAttention::AttentionKernel)",
+         "attention"),
+        ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3", "attention"),
+        ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>",
+         "update (clip, AdamW)"),
+        ("triton_per_fused_native_layer_norm_0", "norm, softmax, loss"),
+        ("triton_poi_fused_add_relu_3", "fused by inductor"),
+        ("Memcpy HtoD (Pinned -> Device)", "copy, fill"),
+        ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>",
+         "copy, fill"),
+        ("void at::native::index_elementwise_kernel<128, 4, gather>", profile_step.OTHER),
+    ],
+)  # fmt: skip
+def test_profile_categories_name_kernels(name, expected):
+    assert profile_step.category(name) == expected
 
 
 def test_build_optimizer_is_foreach_on_cpu(tiny_backbones):
