@@ -204,6 +204,10 @@ def generate_rows(args: argparse.Namespace, gpu: bool) -> list[list[Any]]:
     return out
 
 
+def write_json(path: Path, device: torch.device, rows: list[list[Any]]) -> None:
+    path.write_text(json.dumps({"device": device_label(device), "rows": rows}, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--anchor", default=str(train_step.DEFAULT_ANCHOR),
@@ -237,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([name, "section wall time", f"{time.perf_counter() - t0:.0f} s", "", "info"])
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        if args.json:  # kept up to date: a run cut off by a time limit keeps what it finished
+            write_json(args.json, device, rows)
     total = time.perf_counter() - start
     target = f"< {WALL_TARGET_S} s" if gpu else ""
     rows.append(["all", "total wall time", f"{total:.0f} s", target,
@@ -244,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n== summary ({device_label(device)})", flush=True)
     print_table(HEADERS, [[str(c) for c in row] for row in rows])
     if args.json:
-        args.json.write_text(json.dumps({"device": device_label(device), "rows": rows}, indent=1))
+        write_json(args.json, device, rows)
     failed = any(str(r[4]).startswith("FAIL") for r in rows)
     return 1 if failed else 0
 

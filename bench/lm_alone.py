@@ -64,6 +64,19 @@ def lm_work_inputs(model: Graph4MM, batch: int, tokens: int, targets: int, seed:
     return embeds.requires_grad_(True), predictor.expand(batch, -1), ids, torch.ones_like(ids)
 
 
+_traced_under_cudnn = [False]  # the SDPA setting of the code in dynamo's cache (flash first)
+
+
+def trace_under(cudnn: bool) -> None:
+    """Before a compiled run: drop dynamo's compiled code if it was traced under the other
+    SDPA setting. Dynamo does not guard on the SDPA backends (checked: a function compiled
+    under one backend list is reused under another), so the code would keep the kernels it
+    was traced with; dropping it only on a change keeps recompilations to the switches."""
+    if _traced_under_cudnn[0] != cudnn:
+        torch._dynamo.reset()
+        _traced_under_cudnn[0] = cudnn
+
+
 def sdpa_kernel_name(lm: Any, batch: int, tokens: int, cudnn: bool) -> str:
     """The SDPA backend that training's attention (``training_sdpa(cudnn)``) picks for this
     LM's causal self-attention at (batch, tokens), gradients on: ``FLASH_ATTENTION``,
@@ -106,10 +119,8 @@ def time_lm_alone(
     """Seconds per LM-alone micro-step (mean of ``steps`` after ``warmup``), the frozen LM
     stored as training stores it; restores fp32 storage and eager mode afterwards."""
     model.cast_frozen(frozen_dtype_for(device, "auto", "auto"))
-    # dynamo does not guard on the SDPA backends: trace the cuDNN variant afresh, and drop it
-    reset = plan.compile_lm and plan.cudnn
-    if reset:
-        torch._dynamo.reset()
+    if plan.compile_lm:
+        trace_under(plan.cudnn)
     model.compile_parts(plan.compile_lm, scope="lm")
     inputs = lm_work_inputs(model, batch, tokens, targets)
     kernel = sdpa_kernel_name(model.lm, batch, tokens, plan.cudnn)
@@ -127,8 +138,6 @@ def time_lm_alone(
     finally:
         model.compile_parts(False)
         model.cast_frozen(torch.float32)
-        if reset:
-            torch._dynamo.reset()
     return {"seconds": seconds, "samples": batch, "loss": float(loss), "attention": kernel}
 
 

@@ -82,7 +82,7 @@ from common import (
     print_table,
     sync,
 )
-from lm_alone import LMAlone, sdpa_kernel_name, time_lm_alone
+from lm_alone import LMAlone, sdpa_kernel_name, time_lm_alone, trace_under
 
 from g4mm.config import COMPILE_MODES, CUDA_GRAPH_MODES, ExperimentConfig
 from g4mm.data.collate import length_bucketed_batches
@@ -326,9 +326,8 @@ def time_ours(
         first = batches[0]
         width = first.prompt_ids.shape[1] + q + first.target_ids.shape[1]
         kernel = f"SDPA {sdpa_kernel_name(model.lm, first.batch_size, width, cudnn=True)}"
-    fresh_trace = plan.compile_lm and plan.cudnn  # dynamo does not guard on SDPA backends
-    if fresh_trace:
-        torch._dynamo.reset()
+    if plan.compile_lm:
+        trace_under(plan.cudnn)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     train_loop(
@@ -359,8 +358,6 @@ def time_ours(
     note = [kernel, *note] if kernel else note
     model.compile_parts(False)
     model.cast_frozen(torch.float32)
-    if fresh_trace:
-        torch._dynamo.reset()
     return {
         "seconds": seconds,
         "samples": samples,
@@ -614,12 +611,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def lm_alone_plans(device: torch.device, compile_lm: bool, step_graph: bool) -> list[LMAlone]:
-    """The LM-alone rows matching the step rows asked for (graph and cuDNN rows on CUDA)."""
+    """The LM-alone rows matching the step rows asked for (graph and cuDNN rows on CUDA).
+    Compiled rows come cuDNN first: the step rows before them end with the cuDNN one, so the
+    compiled LM is reused once more before the switch back to flash recompiles it."""
     plans = [LMAlone()]
-    plans += [LMAlone(compile_lm=True)] if compile_lm else []
-    if step_graph:
-        plans += [LMAlone(graphed=True), LMAlone(graphed=True, cudnn=True)]
-        plans += [LMAlone(True, graphed=True), LMAlone(True, True, True)] if compile_lm else []
+    plans += [LMAlone(graphed=True), LMAlone(graphed=True, cudnn=True)] if step_graph else []
+    if compile_lm:
+        plans += [LMAlone(True, graphed=True, cudnn=True)] if step_graph else []
+        plans += [LMAlone(compile_lm=True)]
+        plans += [LMAlone(True, graphed=True)] if step_graph else []
     return [plan for plan in plans if plan.runs_on(device)]
 
 

@@ -133,6 +133,33 @@ def test_lm_alone_does_exactly_the_lm_flops_the_rows_count():
     assert torch.isfinite(loss) and grad.shape == inputs[0].shape and grad.abs().sum() > 0
 
 
+def test_compiled_code_is_traced_afresh_only_when_the_sdpa_setting_changes():
+    """Dynamo reuses code traced under one SDPA backend list under another (so a cuDNN row
+    would run flash code); ``trace_under`` drops the cache on a switch, and only then."""
+    from torch._dynamo.testing import CompileCounter
+
+    from g4mm.train.loop import training_sdpa
+
+    counter = CompileCounter()
+    attend = torch.compile(
+        lambda q: torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True),
+        backend=counter,
+    )
+    q = torch.randn(1, 2, 8, 4)
+    lm_alone.trace_under(False)
+    attend(q)
+    with training_sdpa(cudnn=True):
+        attend(q)
+    assert counter.frame_count == 1  # not retraced: the reason for trace_under
+    frames = []
+    for cudnn in (True, True, False):
+        lm_alone.trace_under(cudnn)
+        with training_sdpa(cudnn):
+            attend(q)
+        frames.append(counter.frame_count)
+    assert frames == [2, 2, 3]
+
+
 # ----------------------------------------------------------------------------- diffusion
 
 
