@@ -9,7 +9,8 @@ synchronisation. ``train.compile`` runs the frozen LM body (or, by ``train.compi
 of the step) through ``torch.compile``, falling back to eager when compiling fails.
 ``train.step_graph`` records the whole step (forward to optimizer) as a CUDA graph per padded
 batch shape and replays it (:mod:`g4mm.train.step_graph`). On CUDA, attention runs without
-SDPA's cuDNN backend (see :data:`TRAINING_SDPA_BACKENDS`).
+SDPA's cuDNN backend (see :data:`TRAINING_SDPA_BACKENDS`) unless ``train.cudnn_attention``
+asks to try it first (:func:`training_sdpa`).
 """
 
 from __future__ import annotations
