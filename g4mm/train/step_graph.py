@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from g4mm.model.inputs import Graph4MMInputs
-from g4mm.train.transfer import copy_batch_
+from g4mm.train.transfer import copy_batch_, to_device
 
 #: Eager runs of a piece (a padded shape's micro-step, the update) before it is recorded.
 GRAPH_WARMUP = 2
@@ -200,7 +200,7 @@ class GraphedTrainStep:
 
     def _eager(self, padded: Graph4MMInputs | None) -> Tensor | None:
         """An eager run; on CUDA on a side stream, as recording requires of warm-up work."""
-        inputs = None if padded is None else padded.to(self.device)
+        inputs = None if padded is None else to_device(padded, self.device)
         if self._side is None:
             return self._body(inputs)
         self._side.wait_stream(torch.cuda.current_stream(self.device))
