@@ -13,7 +13,11 @@ Runs, in one process (Ray-free: torch, transformers and torch_geometric only):
    adapter compiled) under the profiler: device busy vs idle, kernels per step, and the device
    time by kernel category (matmul, attention, norms, the update, ...);
 4. ``bench/diffusion.py``: dense vs sparse hop diffusion as the graph grows;
-5. ``bench/generate.py``: generation with vs without the KV cache.
+5. ``bench/generate.py``: generation with vs without the KV cache;
+6. ``cudnn``, last and apart from the rest (a kernel new to recorded steps must not cost the
+   other rows if it fails): gpu_check's recorded step with cuDNN attention against the flash
+   step, and the training-step and LM-alone rows with ``train.cudnn_attention``, to set
+   beside their flash rows from section 2.
 
 Targets (performance issue): at batch 8, full length, our step >= 30x the official-shaped fp32
 step in samples/s and >= 50 % MFU on the LM work (against the bf16 matmul rate measured in the
@@ -47,7 +51,7 @@ import generate
 import train_step
 from common import device_label, pick_device, print_table
 
-SECTIONS = ("gpu_check", "train_step", "profile", "diffusion", "generate")
+SECTIONS = ("gpu_check", "train_step", "profile", "diffusion", "generate", "cudnn")
 HEADERS = ["bench", "what", "result", "target", "verdict"]
 SPEEDUP_TARGET, MFU_TARGET, SLOPE_TARGET, WALL_TARGET_S = 30.0, 0.50, 1.2, 480
 
@@ -63,16 +67,40 @@ def gpu_check_rows(device: torch.device) -> list[list[Any]]:
         return [["gpu_check", "device checks", "skipped: no CUDA device", "", "info"]]
     import gpu_check
 
-    return [["gpu_check", name, result, "", v] for name, result, v in gpu_check.run_checks("cuda")]
+    checks = gpu_check.run_checks("cuda", cudnn=False)
+    return [["gpu_check", name, result, "", v] for name, result, v in checks]
+
+
+def train_step_args(args: argparse.Namespace, cudnn: str) -> argparse.Namespace:
+    return train_step.resolve(
+        train_step.parser().parse_args(
+            [*(["--quick"] if args.quick else []), "--step-graph", "--cudnn", cudnn,
+             "--anchor", (args.anchor or "") if cudnn != "only" else "",
+             *([] if args.no_compile else ["--compile"])]
+        )
+    )  # fmt: skip
+
+
+def cudnn_rows(args: argparse.Namespace, device: torch.device) -> list[list[Any]]:
+    if device.type != "cuda":
+        return [["cudnn", "cuDNN attention rows", "skipped: no CUDA device", "", "info"]]
+    import gpu_check
+
+    out = [["cudnn", name, result, "", v] for name, result, v in gpu_check.cudnn_checks("cuda")]
+    result = train_step.run(train_step_args(args, "only"))
+    print_table(train_step.HEADERS, train_step.table_rows(result["rows"]))
+    for r in result["rows"]:
+        what = f"{r['step']} b={r['batch']} {r.get('lengths', '')}".strip()
+        if r.get("samples_s") is None:
+            out.append(["cudnn", what, r.get("note", "failed"), "", "info"])
+            continue
+        text = f"{r['samples_s']:.1f} samples/s, MFU {r['mfu']:.1%} ({r.get('note', '')})"
+        out.append(["cudnn", what, text, "", "info"])
+    return out
 
 
 def train_rows(args: argparse.Namespace, gpu: bool) -> list[list[Any]]:
-    ts_args = train_step.resolve(
-        train_step.parser().parse_args(
-            [*(["--quick"] if args.quick else []), "--anchor", args.anchor or "",
-             "--step-graph", *([] if args.no_compile else ["--compile"])]
-        )
-    )  # fmt: skip
+    ts_args = train_step_args(args, "off")
     result = train_step.run(ts_args)
     print_table(train_step.HEADERS, train_step.table_rows(result["rows"]))
     meta = result["meta"]
@@ -227,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                 "train_step": lambda: train_rows(args, gpu),
                 "profile": lambda: profile_rows(args, gpu),
                 "diffusion": lambda: diffusion_rows(args, gpu),
-                "generate": lambda: generate_rows(args, gpu)}  # fmt: skip
+                "generate": lambda: generate_rows(args, gpu),
+                "cudnn": lambda: cudnn_rows(args, device)}  # fmt: skip
     rows: list[list[Any]] = []
     start = time.perf_counter()
     for name in args.only or SECTIONS:

@@ -448,6 +448,37 @@ def time_official(anchor, parts, batch: int, repeats: int, warmup: int) -> dict[
     return {"seconds": seconds, "peak_gib": peak}
 
 
+def count_host_syncs(
+    model: Graph4MM,
+    sync_batches: list,
+    device: torch.device,
+    args: argparse.Namespace,
+    meta: dict[str, Any],
+) -> None:
+    """The dispatcher audit of one step and, on CUDA, the sync debug mode's count per step
+    (plain and, with ``--step-graph``, replayed), printed and stored in ``meta``."""
+    audit = audit_training_step(model, sync_batches[0].to(device), device)
+    meta["audited_syncs_per_step"] = audit.on(device.type)
+    print(
+        f"would-be host syncs in one training step (dispatcher audit, {device.type} tensors): "
+        f"{audit.on(device.type)}" + ("" if not audit.count else f"\n{audit.report()}"),
+        flush=True,
+    )
+    for graphed, suffix in (
+        ((False, ""), (True, "_step_graph")) if args.step_graph else ((False, ""),)
+    ):
+        try:
+            counted = host_syncs_per_step(model, sync_batches, device, step_graph=graphed)
+        except Exception as err:  # a count that cannot run must not cost the table
+            print(f"host sync count{suffix} failed: {type(err).__name__}: {err}"[:300])
+            counted = None
+        if counted is not None:
+            meta["host_syncs_per_step" + suffix], meta["host_sync_sites" + suffix] = counted
+            sites = ", ".join(f"{site} x{n:g}" for site, n in counted[1].items()) or "none"
+            what = "replayed step graph" if graphed else "optimizer step"
+            print(f"host syncs per {what} (cuda sync debug mode): {counted[0]:g} ({sites})")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """All rows (dicts) plus the run's metadata; ``main`` prints them as one table."""
     device = pick_device(args.device)
@@ -511,27 +542,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             torch.cuda.empty_cache()
 
     model = build_model(shape, device)
-    sync_batches = make_batches("full", args.batch[0], 2, shape)
-    audit = audit_training_step(model, sync_batches[0].to(device), device)
-    meta["audited_syncs_per_step"] = audit.on(device.type)
-    print(
-        f"would-be host syncs in one training step (dispatcher audit, {device.type} tensors): "
-        f"{audit.on(device.type)}" + ("" if not audit.count else f"\n{audit.report()}"),
-        flush=True,
-    )
-    for graphed, suffix in (
-        ((False, ""), (True, "_step_graph")) if args.step_graph else ((False, ""),)
-    ):
-        try:
-            counted = host_syncs_per_step(model, sync_batches, device, step_graph=graphed)
-        except Exception as err:  # a count that cannot run must not cost the table
-            print(f"host sync count{suffix} failed: {type(err).__name__}: {err}"[:300])
-            counted = None
-        if counted is not None:
-            meta["host_syncs_per_step" + suffix], meta["host_sync_sites" + suffix] = counted
-            sites = ", ".join(f"{site} x{n:g}" for site, n in counted[1].items()) or "none"
-            what = "replayed step graph" if graphed else "optimizer step"
-            print(f"host syncs per {what} (cuda sync debug mode): {counted[0]:g} ({sites})")
+    if args.cudnn != "only":  # the cuDNN-only run (gpu_all's last section) counts nothing
+        count_host_syncs(model, make_batches("full", args.batch[0], 2, shape), device, args, meta)
     variants = ["full", "bucketed", "random"] if args.variable else ["full"]
     for b in args.batch:
         plans = [Plan(kind) for kind in variants]
@@ -559,7 +571,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if device.type == "cuda" and b == args.batch[0]:
                 kind = "bucketed" if "bucketed" in variants else "full"
                 plans.append(Plan(kind, step_graph=True, cudnn=True))
-        for plan in plans:
+        for plan in [plan for plan in plans if keeps(args.cudnn, plan)]:
             batches = make_batches(plan.kind, b, args.batches, shape)
             try:
                 res = time_ours(model, batches, device, args.steps, args.warmup, plan)
@@ -610,17 +622,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"meta": meta, "rows": rows}
 
 
-def lm_alone_plans(device: torch.device, compile_lm: bool, step_graph: bool) -> list[LMAlone]:
-    """The LM-alone rows matching the step rows asked for (graph and cuDNN rows on CUDA).
-    Compiled rows come cuDNN first: the step rows before them end with the cuDNN one, so the
-    compiled LM is reused once more before the switch back to flash recompiles it."""
+def keeps(cudnn: str, plan: Plan | LMAlone) -> bool:
+    """Whether ``--cudnn`` (off / also / only) keeps a row with or without cuDNN attention."""
+    return {"off": not plan.cudnn, "also": True, "only": plan.cudnn}[cudnn]
+
+
+def lm_alone_plans(
+    device: torch.device, compile_lm: bool, step_graph: bool, cudnn: str = "also"
+) -> list[LMAlone]:
+    """The LM-alone rows matching the step rows asked for (graph and cuDNN rows on CUDA)."""
     plans = [LMAlone()]
     plans += [LMAlone(graphed=True), LMAlone(graphed=True, cudnn=True)] if step_graph else []
     if compile_lm:
-        plans += [LMAlone(True, graphed=True, cudnn=True)] if step_graph else []
         plans += [LMAlone(compile_lm=True)]
-        plans += [LMAlone(True, graphed=True)] if step_graph else []
-    return [plan for plan in plans if plan.runs_on(device)]
+        plans += [LMAlone(True, graphed=True), LMAlone(True, True, True)] if step_graph else []
+    return [plan for plan in plans if plan.runs_on(device) and keeps(cudnn, plan)]
 
 
 def lm_alone_rows(
@@ -631,7 +647,7 @@ def lm_alone_rows(
     tokens, targets = shape.input_tokens + shape.target_tokens, shape.target_tokens
     flops = batch * lm_train_flops(model.lm.config, tokens, targets)
     rows = []
-    for plan in lm_alone_plans(device, args.compile, args.step_graph):
+    for plan in lm_alone_plans(device, args.compile, args.step_graph, args.cudnn):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         try:
@@ -719,6 +735,13 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add rows with train.step_graph (the whole step replayed as a CUDA graph; on CPU "
         "the same static-input steps run eagerly)",
+    )
+    p.add_argument(
+        "--cudnn",
+        choices=["off", "also", "only"],
+        default="also",
+        help="rows with train.cudnn_attention (CUDA only): beside the others (also), none "
+        "(off), or just those (only: gpu_all runs them last, apart from the rest)",
     )
     p.add_argument("--no-fp32-lm", action="store_true", help="skip the frozen-LM-fp32 row")
     p.add_argument(

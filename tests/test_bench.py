@@ -112,6 +112,22 @@ def test_lm_flops_formula_matches_torch_flop_counter():
     assert counted == pytest.approx(expected, rel=0.02)
 
 
+def test_cudnn_rows_are_kept_apart_on_request():
+    """``--cudnn off`` drops every cuDNN row, ``only`` keeps just them (gpu_all runs them in
+    a last section of their own), ``also`` keeps both; CPU gets neither graph nor cuDNN rows."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # plans only: nothing runs on CUDA
+    every = train_step.lm_alone_plans(cuda, True, True, "also")
+    assert len(every) == 6 and len(set(every)) == 6
+    assert [p for p in every if p.cudnn] == train_step.lm_alone_plans(cuda, True, True, "only")
+    assert [p for p in every if not p.cudnn] == train_step.lm_alone_plans(cuda, True, True, "off")
+    assert train_step.lm_alone_plans(cpu, True, True, "also") == [
+        lm_alone.LMAlone(),
+        lm_alone.LMAlone(compile_lm=True),
+    ]
+    assert not train_step.keeps("only", train_step.Plan("full", step_graph=True))
+    assert train_step.keeps("only", train_step.Plan("full", step_graph=True, cudnn=True))
+
+
 def test_lm_alone_does_exactly_the_lm_flops_the_rows_count():
     """The LM-alone micro-step (forward, head at the targets, input-gradient backward) runs
     the linear and head FLOPs of the bench's formula and no more: a head over every position
@@ -201,12 +217,14 @@ def test_generate_quick_cached_equals_uncached(tmp_path, capsys):
 def test_gpu_all_quick_prints_one_summary_table(tmp_path, capsys):
     out_json = tmp_path / "all.json"
     argv = ["--quick", "--no-compile", "--anchor", "", "--only", "gpu_check", "train_step",
-            "profile", "generate", "--json", str(out_json)]  # fmt: skip
+            "profile", "generate", "cudnn", "--json", str(out_json)]  # fmt: skip
     assert gpu_all.main(argv) == 0
     out = capsys.readouterr().out
     assert header_of(out.split("== summary")[-1], "bench") == gpu_all.HEADERS
     rows = json.loads(out_json.read_text())["rows"]
-    assert {r[0] for r in rows} == {"gpu_check", "train_step", "profile", "generate", "all"}
+    sections = {"gpu_check", "train_step", "profile", "generate", "cudnn", "all"}
+    assert {r[0] for r in rows} == sections
+    assert ["cudnn", "cuDNN attention rows", "skipped: no CUDA device", "", "info"] in rows
     profiled = [r for r in rows if r[0] == "profile" and "(profiled)" in r[1]]
     assert [r[1] for r in profiled] == ["step-graph b=8 full (profiled)"]
     assert "host busy" in profiled[0][2] and "matmul" in profiled[0][2]
