@@ -89,14 +89,22 @@ def cudnn_rows(args: argparse.Namespace, device: torch.device) -> list[list[Any]
     out = [["cudnn", name, result, "", v] for name, result, v in gpu_check.cudnn_checks("cuda")]
     result = train_step.run(train_step_args(args, "only"))
     print_table(train_step.HEADERS, train_step.table_rows(result["rows"]))
-    for r in result["rows"]:
-        what = f"{r['step']} b={r['batch']} {r.get('lengths', '')}".strip()
-        if r.get("samples_s") is None:
-            out.append(["cudnn", what, r.get("note", "failed"), "", "info"])
-            continue
-        text = f"{r['samples_s']:.1f} samples/s, MFU {r['mfu']:.1%} ({r.get('note', '')})"
-        out.append(["cudnn", what, text, "", "info"])
-    return out
+    return out + [step_row("cudnn", r, gpu=True) for r in result["rows"]]
+
+
+def step_row(section: str, r: dict[str, Any], gpu: bool) -> list[Any]:
+    """A train_step row as a summary row: rate, tokens, TFLOP/s, MFU, x official, note."""
+    what = f"{r['step']} b={r['batch']} {r.get('lengths', '')}".strip()
+    if r.get("samples_s") is None:
+        return [section, what, r.get("note", "failed"), "", "info"]
+    text = f"{r['samples_s']:.1f} samples/s, {r['tokens_s']:,.0f} tok/s, "
+    text += f"{r['tflops']:.1f} TFLOP/s" if gpu else f"{r['tflops'] * 1e3:.2f} GFLOP/s"
+    text += f", MFU {r['mfu']:.1%}"
+    if r.get("x_official") is not None:
+        text += f", x{r['x_official']:.1f} official"
+    if r.get("note"):
+        text += f" ({r['note']})"
+    return [section, what, text, "", "info"]
 
 
 def train_rows(args: argparse.Namespace, gpu: bool) -> list[list[Any]]:
@@ -120,29 +128,16 @@ def train_rows(args: argparse.Namespace, gpu: bool) -> list[list[Any]]:
             out.append(["train_step", f"host syncs per {what} (sync debug mode)",
                         f"{syncs:g} {sites}".strip(), "0", verdict(syncs == 0, gpu)])  # fmt: skip
     for r in result["rows"]:
-        what = f"{r['step']} b={r['batch']} {r.get('lengths', '')}".strip()
-        if r.get("samples_s") is None:
-            out.append(["train_step", what, r.get("note", "failed"), "", "info"])
-            continue
-        text = f"{r['samples_s']:.1f} samples/s, {r['tokens_s']:,.0f} tok/s, "
-        text += f"{r['tflops']:.1f} TFLOP/s" if gpu else f"{r['tflops'] * 1e3:.2f} GFLOP/s"
-        text += f", MFU {r['mfu']:.1%}"
-        if r.get("x_official") is not None:
-            text += f", x{r['x_official']:.1f} official"
-        if r.get("note"):
-            text += f" ({r['note']})"
-        target, v = "", "info"
+        row = step_row("train_step", r, gpu)
         headline = (
             r["step"] == "ours" and r.get("kind") == "full" and r["batch"] == ts_args.batch[0]
         )
-        if headline:
-            target = f">= x{SPEEDUP_TARGET:.0f} official, MFU >= {MFU_TARGET:.0%}"
+        if headline and r.get("samples_s") is not None:
+            row[3] = f">= x{SPEEDUP_TARGET:.0f} official, MFU >= {MFU_TARGET:.0%}"
             x = r.get("x_official")
             ok = x is not None and x >= SPEEDUP_TARGET and r["mfu"] >= MFU_TARGET
-            v = verdict(ok, gpu)
-            if x is None and gpu:
-                v = "MISS (no anchor)"
-        out.append(["train_step", what, text, target, v])
+            row[4] = "MISS (no anchor)" if x is None and gpu else verdict(ok, gpu)
+        out.append(row)
     variants = [
         r for r in result["rows"]
         if r["step"].startswith("ours") and r.get("kind") == "full"
