@@ -1,7 +1,8 @@
 """Correctness of the Ray-free library on a CUDA GPU, printed as one table.
 
 Runs the model's numerical checks on the GPU (fp32 equalities, bf16 autocast training step,
-KV-cached generation) and times dense vs sparse hop diffusion. Needs torch, transformers and
+the whole-step CUDA graph alone and under DDP (``bench/ddp_step_graph.py``), KV-cached
+generation) and times dense vs sparse hop diffusion. Needs torch, transformers and
 torch_geometric only (no Ray), so it runs on a bare GPU box:
 
     python bench/gpu_check.py [--json PATH]
@@ -144,6 +145,15 @@ def run_checks(device: str, cudnn: bool = True) -> list[tuple[str, str, str]]:
         rows.append(
             (f"{kind}: cached == uncached greedy (cuda)", f"shape {tuple(cached.shape)}", ok(same))
         )
+
+    # 4b. the step graph under DDP: two ranks sharing this GPU (gloo), recorded steps with
+    # the DDP bypass and the all-reduce between replays, against plain DDP
+    try:
+        from ddp_step_graph import ddp_step_graph_check
+
+        rows.append(ddp_step_graph_check(device))
+    except Exception as err:  # spawning ranks can fail for reasons of its own: one row
+        rows.append(("step graph under DDP", f"{type(err).__name__}: {err}"[:200], "FAIL"))
 
     # 5. dense vs sparse diffusion time (one layer, d=256, K=3), forward only
     layer = HopDiffusedAttention(256, num_heads=8, alpha=0.1, num_hops=3).to(device).eval()
