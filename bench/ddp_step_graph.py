@@ -87,7 +87,7 @@ def _distance(a: dict, b: dict) -> float:
     return float(torch.cat([(a[k] - b[k]).flatten().float() for k in a]).norm())
 
 
-def ddp_step_graph_check(device: str, timeout_s: float = 240) -> tuple[str, str, str]:
+def ddp_step_graph_check(device: str, timeout_s: float = 150) -> tuple[str, str, str]:
     """(what, result, PASS / FAIL): two ranks on ``device``, plain DDP vs step graph."""
     from gpu_check import tiny_model
 
@@ -130,7 +130,7 @@ def ddp_step_graph_check(device: str, timeout_s: float = 240) -> tuple[str, str,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--timeout", type=float, default=240, help="seconds before the ranks are killed")
+    p.add_argument("--timeout", type=float, default=150, help="seconds before the ranks are killed")
     args = p.parse_args(argv)
     what, result, verdict = ddp_step_graph_check(args.device, args.timeout)
     print(f"{what}: {result}: {verdict}")
