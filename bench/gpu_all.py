@@ -9,9 +9,10 @@ Runs, in one process (Ray-free: torch, transformers and torch_geometric only):
 2. ``bench/train_step.py``: our training step vs the official-shaped step at batch 8 and 32,
    full-length and variable-length batches, the same with the whole step replayed as CUDA
    graphs (``train.step_graph``), plus ``torch.compile`` rows at batch 8;
-3. ``bench/profile_step.py``: the recorded step at batch 8 (step graph, and with the LM and
-   adapter compiled) under the profiler: device busy vs idle, kernels per step, and the device
-   time by kernel category (matmul, attention, norms, the update, ...);
+3. ``bench/profile_step.py``: the eager step and the recorded step at batch 8 (step graph,
+   and with the LM and adapter compiled) under the profiler: host and device busy time, device
+   idle, kernels per step, and the device time by kernel category (matmul, attention, norms,
+   the update, ...);
 4. ``bench/diffusion.py``: dense vs sparse hop diffusion as the graph grows;
 5. ``bench/generate.py``: generation with vs without the KV cache;
 6. ``cudnn``, last and apart from the rest (a kernel new to recorded steps must not cost the
@@ -189,7 +190,9 @@ def diffusion_rows(args: argparse.Namespace, gpu: bool) -> list[list[Any]]:
 def profile_rows(args: argparse.Namespace, gpu: bool) -> list[list[Any]]:
     import profile_step
 
-    settings = ["step-graph", *([] if args.no_compile else ["compile-all-step-graph"])]
+    # default: the eager step (host vs device busy: the eager batch-8 rate varied 168-269
+    # samples/s across machines); then the recorded steps, where the device time goes
+    settings = ["default", "step-graph", *([] if args.no_compile else ["compile-all-step-graph"])]
     pargs = profile_step.parser().parse_args(
         [*(["--quick"] if args.quick else []), "--profile", "--top", "10", "--settings", *settings]
     )

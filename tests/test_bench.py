@@ -226,7 +226,8 @@ def test_gpu_all_quick_prints_one_summary_table(tmp_path, capsys):
     assert {r[0] for r in rows} == sections
     assert ["cudnn", "cuDNN attention rows", "skipped: no CUDA device", "", "info"] in rows
     profiled = [r for r in rows if r[0] == "profile" and "(profiled)" in r[1]]
-    assert [r[1] for r in profiled] == ["step-graph b=8 full (profiled)"]
+    assert [r[1] for r in profiled] == ["default b=8 full (profiled)",
+                                        "step-graph b=8 full (profiled)"]  # fmt: skip
     assert "host busy" in profiled[0][2] and "matmul" in profiled[0][2]
     ceiling = [r for r in rows if r[1].startswith("LM work alone")]
     assert ceiling and "frozen LM alone: MFU" in ceiling[0][2]
