@@ -9,7 +9,7 @@ import torch
 import transformers
 from test_model import batch_for, make_model
 
-from g4mm.model.causal_attention import CAUSAL_SDPA, causal_attention, causal_sdpa_forward
+from g4mm.model.causal_attention import CAUSAL_SDPA, causal_attention
 
 #: transformers 4.x's OPT builds its own causal mask rather than asking transformers' mask
 #: builder, so the mask-free path does not apply to it there (pyproject allows >= 4.56; the
@@ -99,6 +99,7 @@ def test_causal_attention_restores_the_config_and_leaves_other_implementations(t
 
 def test_causal_sdpa_is_causal_without_a_mask_and_uses_a_given_one(tiny_backbones):
     opt, *_ = tiny_backbones
+    causal_sdpa_forward = transformers.AttentionInterface()[CAUSAL_SDPA]  # what the LM calls
     module = _attention_modules(opt)[0]
     q, k, v = torch.randn(3, 2, 2, 5, 16).unbind(0)
     out, _ = causal_sdpa_forward(module, q, k, v, None)

@@ -25,40 +25,23 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 
 #: The name of the mask-free causal SDPA implementation in transformers' ``AttentionInterface``.
 CAUSAL_SDPA = "g4mm_causal_sdpa"
 
 
-def causal_sdpa_forward(
-    module: nn.Module,
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    attention_mask: Tensor | None,
-    **kwargs: Any,
-) -> tuple[Tensor, Tensor | None]:
-    """transformers' own SDPA attention function; registered without a mask function, so
-    transformers >= 5 passes no mask and SDPA runs ``is_causal``. A mask that an LM builds by
-    itself anyway (OPT in transformers 4.56 does) is used as given: it is the same causal
-    mask, so the result is the same, only without the mask-free kernels.
-
-    Shapes (transformers' attention-function convention): query (B, H, L, d_h), key / value
-    (B, H_kv, L, d_h) -> (B, L, H, d_h) and no attention weights.
-    """
+def register_causal_sdpa() -> None:
+    """Register :data:`CAUSAL_SDPA` with transformers (at import; idempotent): transformers' own
+    SDPA attention function under a name that has no mask function, so transformers >= 5 passes
+    no mask and SDPA runs ``is_causal``. A mask that an LM builds by itself anyway (OPT in
+    transformers 4.56 does) is used as given: the same causal mask, the same result, only
+    without the mask-free kernels."""
+    from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-
-
-def register_causal_sdpa() -> None:
-    """Register :data:`CAUSAL_SDPA` with transformers (at import; idempotent)."""
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(CAUSAL_SDPA, causal_sdpa_forward)
+    AttentionInterface.register(CAUSAL_SDPA, sdpa_attention_forward)
 
 
 register_causal_sdpa()  # here, not in causal_attention(): nothing for torch.compile to trace
