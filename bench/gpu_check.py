@@ -274,7 +274,9 @@ def step_graph_check(
     if cudnn:
         from lm_alone import sdpa_kernel_name
 
-        what += f" + cuDNN attention first (SDPA {sdpa_kernel_name(model.lm, 4, 48, True)})"
+        width = sum(graph_shape(batches[0], 16)) + model.bare_adapter.qformer.queries.shape[0]
+        kernel = sdpa_kernel_name(model.lm, batches[0].batch_size, width, cudnn=True)
+        what += f" + cuDNN attention first (SDPA {kernel} at its first recorded shape)"
     return (
         f"{kind}: {what} x{steps} == plain step",
         f"{summary[12:]}; worst loss diff {worst:.1e}, weights apart {apart / moved:.1e} of "

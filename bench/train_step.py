@@ -324,6 +324,8 @@ def time_ours(
     kernel = None
     if plan.cudnn:  # name the kernel SDPA picks: a tried-first backend may be passed over
         first = batches[0]
+        if plan.step_graph:  # the width the recorded step runs at
+            first = first.padded_to(*graph_shape(first, ExperimentConfig().train.step_graph_pad))
         width = first.prompt_ids.shape[1] + q + first.target_ids.shape[1]
         kernel = f"SDPA {sdpa_kernel_name(model.lm, first.batch_size, width, cudnn=True)}"
     if plan.compile_lm:
