@@ -11,7 +11,8 @@ recording happen before the timed window) and reports, per setting:
 - ``ms/step`` and ``samples/s`` of the timed steps;
 - with ``--profile``, ``torch.profiler`` over the timed steps only: the host's busy time per
   step (self CPU time of every operator), the device's (the summed durations of the kernels,
-  copies and fills it ran; also those replayed from CUDA graphs) and its idle share of the
+  copies and fills the profiler saw; kernels replayed from CUDA graphs where it can see them,
+  and it says when it saw almost none) and its idle share of the
   step, the kernels per step, and the device time by category (matmul, attention, norm /
   softmax / loss, the update, copies and fills, inductor's fused kernels, the rest), then the
   top operators by host and by device time. Host busy > device busy means the step is
