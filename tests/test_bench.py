@@ -288,8 +288,8 @@ def test_token_lengths_match_the_collated_masks(tokenizer):
 
 def test_padding_free_forward_matches_the_masked_path(tiny_backbones, tokenizer):
     """Graph4MM.forward (real tokens moved to the front, no attention mask) gives the masked
-    layout's target logits; the baselines differ only where the masked layout predicted the
-    first target from a padding soft token."""
+    layout's target logits, for the baselines too (their absent nodes' soft tokens are
+    padding inside the prefix)."""
     from test_model import make_model
 
     for lm_name in ("opt", "llama"):
@@ -306,9 +306,7 @@ def test_padding_free_forward_matches_the_masked_path(tiny_backbones, tokenizer)
             with torch.no_grad():
                 packed = model(inputs).logits
                 masked = model._masked_target_logits(inputs)
-            real = inputs.target_mask.clone()
-            if variant == "mmgl_concat":
-                real[:, 0] = False  # first target: see the docstring
+            real = inputs.target_mask
             torch.testing.assert_close(packed[real], masked[real], atol=1e-5, rtol=1e-5)
             # the loss only counts real targets, whatever sits in the padding
             noisy = copy.deepcopy(inputs)

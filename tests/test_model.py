@@ -142,26 +142,85 @@ def test_adapter_checkpoint_from_another_config_is_rejected(tiny_backbones):
         make_model(tiny_backbones, variant="mmgl_gnn").load_adapter_state_dict(state)
 
 
+def real_rows(model: Graph4MM, inputs: Graph4MMInputs, with_targets: bool):
+    """Each row's real token embeddings alone, (1, n_i, D), and its prefix length: the
+    reference layout, independent of how the batch pads or orders its columns."""
+    tokens, token_mask = model.adapter(inputs)
+    embed = model.lm.get_input_embeddings()
+    for row in range(inputs.prompt_ids.shape[0]):
+        prompt = embed(inputs.prompt_ids[row, inputs.prompt_mask[row]])
+        prefix = torch.cat([prompt, tokens[row, token_mask[row]]])
+        parts = [prefix]
+        if with_targets:
+            parts.append(embed(inputs.target_ids[row, inputs.target_mask[row]]))
+        yield torch.cat(parts)[None], prefix.shape[0]
+
+
+def reference_loss(model: Graph4MM, inputs: Graph4MMInputs):
+    """Mean CE over every real target, each row run alone through the LM's own forward."""
+    losses = []
+    for (row, n_prefix), targets in zip(
+        real_rows(model, inputs, with_targets=True),
+        (t[m] for t, m in zip(inputs.target_ids, inputs.target_mask, strict=True)),
+        strict=True,
+    ):
+        logits = model.lm(inputs_embeds=row).logits[0, n_prefix - 1 : -1]  # predict targets
+        losses.append(torch.nn.functional.cross_entropy(logits, targets, reduction="none"))
+    return torch.cat(losses).mean()
+
+
 @pytest.mark.parametrize("lm_name", ["opt", "llama"])
-def test_loss_counts_target_tokens_only(tiny_backbones, tokenizer, lm_name):
-    model = make_model(tiny_backbones, lm_name=lm_name).eval()
+@pytest.mark.parametrize("variant", ["hop_diffused", "mmgl_concat", "text_only"])
+def test_loss_counts_target_tokens_only(tiny_backbones, tokenizer, lm_name, variant):
+    """The loss equals each row run alone (the baselines' absent nodes give padding soft
+    tokens inside the prefix), through the packed pass and through the masked one."""
+    model = make_model(tiny_backbones, variant, lm_name).eval()
     inputs = batch_for(model, tokenizer)
-    loss = model(inputs).loss
+    with torch.no_grad():
+        loss = model(inputs).loss
+        torch.testing.assert_close(loss, reference_loss(model, inputs), atol=1e-5, rtol=1e-5)
+        masked = model._masked_target_logits(inputs)
+        real = inputs.target_mask
+        masked_loss = torch.nn.functional.cross_entropy(masked[real], inputs.target_ids[real])
+        torch.testing.assert_close(masked_loss, loss, atol=1e-5, rtol=1e-5)
 
-    # independent: full logits over the whole sequence, CE at the target positions only
-    embeds, mask, positions = model._sequence(inputs, with_targets=True)
-    logits = model.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
-    t = inputs.target_ids.shape[1]
-    pred = logits[:, -t - 1 : -1]
-    tgt_mask = inputs.target_mask
-    ce = torch.nn.functional.cross_entropy(pred[tgt_mask], inputs.target_ids[tgt_mask])
-    torch.testing.assert_close(loss, ce)
+        # prompt pads and target pads do not matter
+        noisy = copy.deepcopy(inputs)
+        noisy.prompt_ids[~noisy.prompt_mask] = 7
+        noisy.target_ids[~noisy.target_mask] = 9
+        torch.testing.assert_close(model(noisy).loss, loss)
 
-    # prompt pads and target pads do not matter
-    noisy = copy.deepcopy(inputs)
-    noisy.prompt_ids[~noisy.prompt_mask] = 7
-    noisy.target_ids[~noisy.target_mask] = 9
-    torch.testing.assert_close(model(noisy).loss, loss)
+
+def tiny_lm(kind: str, tokenizer):
+    """A randomly initialised LM whose logits are not ``head(body(x))`` with plain causal
+    attention: Granite divides its logits by ``logits_scaling``; Mistral attends within a
+    sliding window."""
+    import transformers
+
+    common = dict(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    if kind == "granite":
+        config = transformers.GraniteConfig(logits_scaling=8.0, **common)
+        return transformers.GraniteForCausalLM(config)
+    config = transformers.MistralConfig(sliding_window=4, **common)
+    return transformers.MistralForCausalLM(config)
+
+
+@pytest.mark.parametrize("kind", ["granite", "mistral"])
+def test_lms_with_their_own_head_or_window_train_on_their_own_logits(tokenizer, kind):
+    torch.manual_seed(0)
+    lm = tiny_lm(kind, tokenizer).eval()
+    adapter = build_adapter("hop_diffused", text_feature_dim(lm), 16, 32, **HPARAMS)
+    model = Graph4MM(lm, adapter, None).eval()
+    assert not model._packed_pass_is_exact()
+    inputs = random_inputs(4, text_feature_dim(lm), 16, len(tokenizer), tokenizer.pad_token_id)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(inputs).loss, reference_loss(model, inputs), atol=1e-5, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("lm_name", ["opt", "llama"])
@@ -182,35 +241,38 @@ def test_samples_are_independent_of_batch_padding(tiny_backbones, tokenizer, lm_
 
 
 def reference_greedy(model: Graph4MM, inputs: Graph4MMInputs, max_new_tokens: int):
-    """Greedy decoding with a full forward pass per token and no cache."""
-    embeds, mask, _ = model._sequence(inputs, with_targets=False)
+    """Greedy decoding of each row alone (its real tokens only), a full forward pass per
+    token and no cache."""
     embed = model.lm.get_input_embeddings()
     eos, pad = model.lm.generation_config.eos_token_id, model.lm.generation_config.pad_token_id
-    out, done = [], torch.zeros(embeds.shape[0], dtype=torch.bool)
-    for _ in range(max_new_tokens):
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model.lm(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
-        ).logits[:, -1]
-        token = logits.argmax(-1).masked_fill(done, pad)
-        out.append(token)
-        done |= token == eos
-        embeds = torch.cat([embeds, embed(token)[:, None]], dim=1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        if done.all():
-            break
-    return torch.stack(out, dim=1)
+    rows = []
+    for row, _ in real_rows(model, inputs, with_targets=False):
+        tokens = []
+        for _ in range(max_new_tokens):
+            token = model.lm(inputs_embeds=row, use_cache=False).logits[0, -1].argmax()
+            tokens.append(int(token))
+            if token == eos:
+                break
+            row = torch.cat([row, embed(token)[None, None]], dim=1)
+        rows.append(tokens)
+    width = max(len(t) for t in rows)
+    return torch.tensor([t + [pad] * (width - len(t)) for t in rows])
 
 
 @pytest.mark.parametrize("lm_name", ["opt", "llama"])
-def test_cached_generation_equals_uncached_greedy(tiny_backbones, tokenizer, lm_name):
-    model = make_model(tiny_backbones, lm_name=lm_name).eval()
-    inputs = batch_for(model, tokenizer, b=3)
+@pytest.mark.parametrize("variant", ["hop_diffused", "mmgl_concat", "text_only"])
+def test_cached_generation_equals_uncached_greedy(tiny_backbones, tokenizer, lm_name, variant):
+    """Batched, cached generation of left-padded rows (the baselines' absent nodes give
+    padding soft tokens too) equals each row decoded alone."""
+    model = make_model(tiny_backbones, variant, lm_name).train()  # generate() goes to eval
+    inputs = batch_for(model, tokenizer, b=4)
     cached = model.generate(inputs, max_new_tokens=8)
-    reference = reference_greedy(model, inputs, 8)
+    assert model.adapter.training  # and back
+    with torch.no_grad():
+        reference = reference_greedy(model.eval(), inputs, 8)
     assert torch.equal(cached, reference)
     beams = model.generate(inputs, max_new_tokens=6, num_beams=2)
-    assert beams.shape[0] == 3 and beams.shape[1] <= 6
+    assert beams.shape[0] == 4 and beams.shape[1] <= 6
 
 
 def test_sparse_and_dense_diffusion_give_the_same_model(tiny_backbones, tokenizer):

@@ -37,6 +37,22 @@ from g4mm.model.inputs import Graph4MMInputs
 VARIANTS = (*GRAPH4MM_VARIANTS, "mmgl_concat", "mmgl_gnn", "text_only")
 _COMPILED = ("_compiled_body", "_compiled_adapter", "_compiled_forward")
 IGNORE_INDEX = -100
+#: ``config.model_type`` of the LMs the packed pass is exact for (plain head, plain causal
+#: attention; tested): OPT and LLaMA. Any other causal LM takes the masked path.
+PACKED_LM_TYPES = frozenset({"opt", "llama"})
+
+
+def left_align(embeds: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Move each row's padding columns to its front, keeping both groups in column order.
+
+    ``embeds`` (B, P, D), ``mask`` (B, P) with True on real columns; the sort key is the
+    column index c for a real column and c - P for padding (unique keys, so the order is
+    exact): row ``[a, pad, b, pad]`` becomes ``[pad, pad, a, b]``."""
+    columns = torch.arange(mask.shape[1], device=mask.device)
+    real = mask.bool()
+    order = torch.where(real, columns, columns - mask.shape[1]).argsort(dim=1)  # (B, P)
+    aligned = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))
+    return aligned, real.gather(1, order).to(mask.dtype)
 
 
 def target_loss(logits: Tensor, target_ids: Tensor, target_mask: Tensor) -> Tensor:
@@ -176,15 +192,25 @@ class Graph4MM(nn.Module):
         self.bare_adapter.load_state_dict(state)
 
     # ---- the LM sequence -----------------------------------------------------------------
-    def _sequence(self, inputs: Graph4MMInputs, with_targets: bool):
-        """``[prompt ; soft tokens (; target)]`` embeddings, attention mask and positions."""
+    def _sequence(self, inputs: Graph4MMInputs, with_targets: bool, left_aligned: bool = True):
+        """``[prompt ; soft tokens (; target)]`` embeddings (B, L, D), attention mask and
+        positions (B, L).
+
+        With ``left_aligned`` each row's prefix padding (the prompt's left padding and, for
+        the baselines, the soft tokens of absent nodes, which sit after the real ones) moves
+        to the row's front (:func:`left_align`), so the prefix's last column is a real token:
+        the one that predicts the first target and the first generated token. The packed
+        pass reorders every row itself and skips it."""
         embed = self.lm.get_input_embeddings()
         adapter = self.__dict__.get("_compiled_adapter")
         if adapter is None:
             adapter = self.adapter
         tokens, token_mask = adapter(inputs)  # (B, S, D_lm), (B, S)
-        parts = [embed(inputs.prompt_ids), tokens.to(embed.weight.dtype)]
-        masks = [inputs.prompt_mask, token_mask]
+        prefix = torch.cat([embed(inputs.prompt_ids), tokens.to(embed.weight.dtype)], dim=1)
+        prefix_mask = torch.cat([inputs.prompt_mask, token_mask], dim=1)
+        if left_aligned:
+            prefix, prefix_mask = left_align(prefix, prefix_mask)
+        parts, masks = [prefix], [prefix_mask]
         if with_targets:
             parts.append(embed(inputs.target_ids))
             masks.append(inputs.target_mask)
@@ -200,7 +226,7 @@ class Graph4MM(nn.Module):
         positions 0 .. n_i - 1 (what the masked layout gives them through its position ids);
         padding fills n_i .. L - 1, where causal attention never lets a real token see it.
         """
-        embeds, mask, _ = self._sequence(inputs, with_targets=True)  # (B, L, D), (B, L)
+        embeds, mask, _ = self._sequence(inputs, with_targets=True, left_aligned=False)
         real = mask.bool()
         length = real.shape[1]
         slot = real.long().cumsum(1) - 1  # (B, L): packed position of each real column
@@ -219,15 +245,20 @@ class Graph4MM(nn.Module):
             body = self.lm.base_model
         return body(inputs_embeds=embeds, use_cache=False).last_hidden_state
 
-    def _plain_lm_head(self) -> bool:
-        """True when logits = ``get_output_embeddings()(base_model(...))`` for this LM (OPT,
-        LLaMA, GPT-style); LMs that post-process logits take the masked path instead."""
+    def _packed_pass_is_exact(self) -> bool:
+        """True when the packed, mask-free pass computes this LM's own logits: an architecture
+        in :data:`PACKED_LM_TYPES` whose logits are ``get_output_embeddings()(base_model(...))``
+        with plain causal attention over every position. Others (soft-capped or scaled heads,
+        sliding windows, unknown architectures) take the masked path, which calls the LM whole:
+        exact for any causal LM, with an attention mask over the padded layout."""
         config = getattr(self.lm, "config", None)
         return (
-            self.lm.base_model is not self.lm
+            getattr(config, "model_type", None) in PACKED_LM_TYPES
+            and self.lm.base_model is not self.lm
             and self.lm.get_output_embeddings() is not None
             and getattr(config, "final_logit_softcapping", None) is None
             and getattr(config, "logit_scale", None) is None
+            and getattr(config, "sliding_window", None) is None
         )
 
     def compile_parts(self, enabled: bool = True, scope: str = "lm", **options: Any) -> None:
@@ -275,14 +306,16 @@ class Graph4MM(nn.Module):
             teacher_forced = self._teacher_forced
         # the packed layout needs no attention mask: keep transformers from checking for
         # packed rows on the host or building a dense mask (g4mm.model.causal_attention)
-        packed = causal_attention(self.lm) if self._plain_lm_head() else contextlib.nullcontext()
+        packed = (
+            causal_attention(self.lm) if self._packed_pass_is_exact() else contextlib.nullcontext()
+        )
         with packed:
             loss, logits = teacher_forced(inputs)
         return Graph4MMOutput(loss, logits, inputs.target_mask.sum())
 
     def _teacher_forced(self, inputs: Graph4MMInputs) -> tuple[Tensor, Tensor]:
         """(loss, target logits (B, T, V)) of :meth:`forward`, as one compilable function."""
-        if self._plain_lm_head():
+        if self._packed_pass_is_exact():
             logits = self.packed_target_logits(*self._packed_sequence(inputs))
         else:
             logits = self._masked_target_logits(inputs)
@@ -322,7 +355,12 @@ class Graph4MM(nn.Module):
 
         Returns the new tokens only, (B, <= max_new_tokens), padded with the pad token.
         """
-        embeds, mask, _ = self._sequence(inputs, with_targets=False)
+        was_training = self.training
+        self.eval()  # no dropout in the adapter while decoding, whoever calls
+        try:
+            embeds, mask, _ = self._sequence(inputs, with_targets=False)
+        finally:
+            self.train(was_training)
         config = self.lm.generation_config
         options = {
             "max_new_tokens": max_new_tokens,
