@@ -764,7 +764,8 @@ class ExperimentConfig:
 
         Rules: ``0 < model.alpha < 1``; ``model.num_hops >= 0``; ``data.tau >= 0``;
         ``model.num_query_tokens >= 1``; ``model.hidden_dim % model.num_heads == 0``; sizes,
-        batch sizes and learning rate positive; ``train.grad_clip >= 0``;
+        batch sizes and learning rate positive and finite; ``train.grad_clip >= 0``;
+        ``train.warmup_steps < train.max_steps``; ``tune.mode = 'min'`` for a loss metric;
         ``0 <= model.dropout < 1``; choice fields within their choices.
 
         Returns:
@@ -778,12 +779,12 @@ class ExperimentConfig:
         d, m, t, e, u = self.data, self.model, self.train, self.eval, self.tune
 
         def at_least(dotted: str, value: float, low: float) -> None:
-            if value < low:
-                errors.append(f"{dotted} = {value!r}: must be >= {low}")
+            if not (math.isfinite(value) and value >= low):  # NaN compares False both ways
+                errors.append(f"{dotted} = {value!r}: must be a finite number >= {low}")
 
         def positive(dotted: str, value: float) -> None:
-            if not value > 0:
-                errors.append(f"{dotted} = {value!r}: must be > 0")
+            if not (math.isfinite(value) and value > 0):
+                errors.append(f"{dotted} = {value!r}: must be a finite number > 0")
 
         def choice(dotted: str, value: str, choices: Sequence[str]) -> None:
             if value not in choices:
@@ -848,6 +849,11 @@ class ExperimentConfig:
         at_least("train.warmup_steps", t.warmup_steps, 0)
         at_least("train.max_steps", t.max_steps, 1)
         at_least("train.eval_every", t.eval_every, 1)
+        if 0 <= t.max_steps <= t.warmup_steps:
+            errors.append(
+                f"train.warmup_steps = {t.warmup_steps}: must be < train.max_steps = "
+                f"{t.max_steps} (the learning rate would never leave its warm-up)"
+            )
         if not t.grad_clip >= 0:
             errors.append(f"train.grad_clip = {t.grad_clip!r}: must be >= 0 (0 disables)")
         choice("train.precision", t.precision, PRECISIONS)
@@ -893,6 +899,11 @@ class ExperimentConfig:
         if all(metric in METRICS for metric in e.metrics):  # else already reported above
             choice("tune.metric", u.metric, [*e.metrics, *LOSS_METRICS])
         choice("tune.mode", u.mode, TUNE_MODES)
+        if u.metric in LOSS_METRICS and u.mode != "min":
+            errors.append(
+                f"tune.mode = {u.mode!r} with tune.metric = {u.metric!r}: a loss is minimised; "
+                "set tune.mode = 'min'"
+            )
         nonempty("tune.space", u.space)
         if not u.backbones:
             errors.append("tune.backbones = []: must name at least one backbone")

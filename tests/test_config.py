@@ -92,6 +92,7 @@ def test_shipped_config_values() -> None:
     assert opt.train.betas == (0.9, 0.95)
     assert isinstance(opt.train.lr, float) and opt.train.lr == pytest.approx(1e-4)
     assert (opt.train.batch_size, opt.train.grad_accum, opt.train.warmup_steps) == (8, 16, 2000)
+    assert (opt.train.max_steps, opt.train.eval_every) == (31250, 625)  # leaves its warm-up
 
     llama = load_config("wikiweb2m-llama1b")
     assert llama.model.lm == "llama-1b"
@@ -266,6 +267,11 @@ def test_missing_base_is_reported(tmp_path: Path) -> None:
         ("data.dataset=wikiweb", ["data.dataset = 'wikiweb'", "did you mean 'wikiweb2m'?"]),
         ("eval.metrics=[cidr]", ["eval.metrics[0] = 'cidr'", "did you mean 'cider'?"]),
         ("tune.metric=accuracy", ["tune.metric = 'accuracy'"]),
+        ("tune.metric=loss", ["tune.mode = 'max' with tune.metric = 'loss'", "'min'"]),
+        ("tune.metric=val_loss", ["tune.metric = 'val_loss'", "set tune.mode = 'min'"]),
+        ("train.warmup_steps=20", ["train.warmup_steps = 20", "train.max_steps = 20"]),
+        ("train.weight_decay=.nan", ["train.weight_decay = nan", "finite"]),
+        ("train.cpus_per_worker=.inf", ["train.cpus_per_worker = inf", "finite"]),
     ],
 )
 def test_validation_rules_name_field_and_value(override: str, fragments: list[str]) -> None:

@@ -49,3 +49,24 @@ def test_every_command_has_help(command):
     )
     assert proc.returncode == 0, proc.stderr
     assert "usage:" in proc.stdout
+
+
+CONFIG_COMMANDS = [
+    c for c in COMMANDS
+    if c[0] != "-m" and "add_config_arguments" in (ROOT / c[0]).read_text(encoding="utf-8")
+]  # fmt: skip
+
+
+def test_the_config_commands_are_found():
+    assert {"jobs/train.py", "tuning/search.py"} <= {c[0] for c in CONFIG_COMMANDS}
+
+
+@pytest.mark.parametrize("command", CONFIG_COMMANDS, ids=lambda c: c[-1])
+def test_a_bad_config_value_is_a_usage_error_naming_the_field(command, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, *command, "--set", "model.alpha=2", "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "model.alpha = 2" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()  # refused before it writes anything

@@ -192,7 +192,12 @@ def _explicit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list
         "runner",
         "prep_root",
     )
-    return [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) != parser.get_default(n)]
+    flags = {"overrides": "--set"}  # dests whose flag is not --<dest>
+    return [
+        flags.get(n, f"--{n.replace('_', '-')}")
+        for n in names
+        if getattr(args, n) != parser.get_default(n)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ from g4mm.train.components import (
 )
 from g4mm.train.local import limit
 from g4mm.train.loop import adapter_without_ddp, train_loop
-from g4mm.train.selection import score_key
+from g4mm.train.selection import is_score, ranking, score_key
 
 
 class _NumpyCollate(NumpyBatchCollateFn):
@@ -235,10 +235,9 @@ def best_and_last_state(result: ray.train.Result, cfg: ExperimentConfig) -> tupl
     with result.checkpoint.as_directory() as directory:
         last = load_checkpoint(directory)
     key = score_key(cfg)
-    candidates = [(c, m) for c, m in (result.best_checkpoints or []) if m.get(key) is not None]
+    candidates = [(c, m) for c, m in (result.best_checkpoints or []) if is_score(m.get(key))]
     if not candidates:
         return last, last
-    pick = max if cfg.tune.mode == "max" else min
-    best_ckpt, _ = pick(candidates, key=lambda cm: (cm[1][key], cm[1]["step"]))
+    best_ckpt, _ = max(candidates, key=lambda cm: ranking(cm[1][key], cm[1]["step"], cfg.tune.mode))
     with best_ckpt.as_directory() as directory:
         return load_checkpoint(directory), last

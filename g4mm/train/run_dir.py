@@ -54,19 +54,26 @@ def copy_run_dir(run_dir: Path, storage_path: str) -> str:
 
 
 def _clean(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None, through dicts, lists
+    and tuples: JSON has no NaN, and a metric that could not be computed reads as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
     return value
 
 
 def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    """Valid JSON always: non-finite floats become null (:func:`_clean`)."""
+    path.write_text(json.dumps(_clean(obj), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def write_predictions(path: Path, predictions: list[dict]) -> None:
     with path.open("w") as fh:
         for row in predictions:
-            fh.write(json.dumps({k: _clean(v) for k, v in row.items()}, default=str) + "\n")
+            fh.write(json.dumps(_clean(row), default=str, allow_nan=False) + "\n")
 
 
 def plot_history(history: list[dict], run_dir: Path) -> list[Path]:
@@ -113,6 +120,6 @@ def write_run_outputs(
     """config.yaml, history.jsonl, metrics.json, predictions.jsonl, loss.png, metrics.png."""
     cfg.save_yaml(run_dir / "config.yaml")
     write_predictions(run_dir / "history.jsonl", history)
-    write_json(run_dir / "metrics.json", {k: _clean(v) for k, v in final.items()})
+    write_json(run_dir / "metrics.json", final)
     write_predictions(run_dir / "predictions.jsonl", predictions)
     plot_history(history, run_dir)

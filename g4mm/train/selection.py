@@ -12,9 +12,21 @@ def score_key(cfg: Any) -> str:
     return metric if metric.startswith("val_") else f"val_{metric.removeprefix('val_')}"
 
 
+def is_score(value: Any) -> bool:
+    """A usable score: present and not NaN (a metric that could not be computed is neither)."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def is_better(candidate: float | None, best: float | None, mode: str) -> bool:
-    if candidate is None or (isinstance(candidate, float) and math.isnan(candidate)):
+    """Whether a later evaluation's ``candidate`` replaces ``best`` in ``mode``: better or
+    equal (ties go to the later checkpoint, as in :func:`ranking`)."""
+    if not is_score(candidate):
         return False
-    if best is None:
+    if not is_score(best):
         return True
-    return candidate > best if mode == "max" else candidate < best
+    return candidate >= best if mode == "max" else candidate <= best
+
+
+def ranking(score: float, step: int, mode: str) -> tuple[float, int]:
+    """Sort key whose maximum is the best evaluation in ``mode``; ties: the later step."""
+    return (score if mode == "max" else -score, step)
