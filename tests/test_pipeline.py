@@ -263,3 +263,42 @@ def test_preprocess_driver_and_cache_key_import_no_model_libraries(artifact_dir)
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_ray_training_epochs_read_the_train_split_in_new_orders(docs_run):
+    """What each Ray Train worker iterates (the train dataset as fit() passes it, one epoch
+    per execution): every epoch is a permutation of the split, epochs differ (blocks in a new
+    order, rows through the local shuffle buffer) rather than repeating the stored order (a
+    page's samples side by side), and the same seeds give the same orders. Ray Data keeps
+    block order here (``preserve_order``), so only the shuffle can reorder rows."""
+    from ray.data import DataContext
+
+    from g4mm.data.prepared import split_path
+    from g4mm.train.ray_train import epoch_batches, train_dataset
+
+    _cfg, out, report, _ = docs_run
+    prep_dir = out / report["cache_key"]
+    stored = pq.read_table(split_path(prep_dir, "train")).column("sample_id").to_pylist()
+
+    def ids(batch) -> list[str]:
+        return list(batch["sample_id"])
+
+    def epochs(seed: int) -> list[list[str]]:
+        shard = train_dataset(prep_dir, seed=seed).iterator()
+        return [
+            [i for batch in epoch_batches(shard, ids, 1, 0, seed + 10_000 * e) for i in batch]
+            for e in range(2)
+        ]
+
+    options = DataContext.get_current().execution_options
+    before, options.preserve_order = options.preserve_order, True
+    try:
+        first, again = epochs(0), epochs(0)
+    finally:
+        options.preserve_order = before
+    assert len(stored) >= 20
+    for epoch in first:
+        assert sorted(epoch) == sorted(stored)
+        assert epoch != stored
+    assert first[0] != first[1]
+    assert again == first

@@ -5,7 +5,8 @@ CPU / NCCL on GPU), feeds the train split with ``datasets=`` (split across worke
 the Ray ``Result``. Worker: :func:`train_loop_per_worker` builds the same components as the
 in-process trainer, wraps ONLY the adapter in DDP (frozen modules are neither synchronised nor
 trained), reads its shard with ``get_dataset_shard("train").iter_torch_batches`` (or, with
-``train.bucket_window``, in length-bucketed chunks through ``iter_batches``), resumes from
+``train.bucket_window``, in length-bucketed chunks through ``iter_batches``), shuffled every
+epoch (blocks in a new order, rows through a local shuffle buffer), resumes from
 ``ray.train.get_checkpoint()`` after a failure, and reports metrics + adapter checkpoints.
 """
 
@@ -54,26 +55,48 @@ class _NumpyCollate(NumpyBatchCollateFn):
         return self.collator(batch)
 
 
+#: Rows in each worker's local shuffle buffer (Ray Data's ``local_shuffle_buffer_size``).
+#: The preprocessing writes a page's samples side by side; with the blocks in a new order
+#: every epoch (:func:`train_dataset`) the buffer mixes samples across pages and blocks.
+SHUFFLE_BUFFER_ROWS = 2048
+
+
+def train_dataset(prep_dir: str | Path, seed: int) -> ray.data.Dataset:
+    """The train split with its blocks in a new, seeded order at every execution (epoch):
+    ``randomize_block_order`` with ``RandomSeedConfig(seed)``, reseeded per execution."""
+    order = ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True)
+    return load_split_dataset(prep_dir, "train").randomize_block_order(seed=order)
+
+
+def epoch_batches(
+    shard: ray.data.DataIterator, collator, batch_size: int, bucket_window: int, seed: int
+) -> Iterator[Graph4MMInputs]:
+    """One pass over ``shard``, rows shuffled through a :data:`SHUFFLE_BUFFER_ROWS` buffer
+    seeded by ``seed`` (the caller gives every epoch and rank its own); with
+    ``bucket_window`` > 0 read in chunks of ``bucket_window`` batches, each length-bucketed
+    (``train.bucket_window``)."""
+    shuffle = {"local_shuffle_buffer_size": SHUFFLE_BUFFER_ROWS, "local_shuffle_seed": seed}
+    if bucket_window:
+        chunks = shard.iter_batches(
+            batch_size=bucket_window * batch_size, batch_format="numpy", **shuffle
+        )
+        return bucketed_chunk_batches(chunks, collator, batch_size, seed, bucket_window)
+    return shard.iter_torch_batches(
+        batch_size=batch_size, collate_fn=_NumpyCollate(collator), drop_last=True, **shuffle
+    )
+
+
 def _shard_batches(
     collator, batch_size: int, bucket_window: int = 0, seed: int = 0
 ) -> Iterator[Graph4MMInputs]:
-    """Endless epochs over this worker's shard of the train split; with ``bucket_window`` > 0
-    the shard is read in chunks of ``bucket_window`` batches and each chunk is length-bucketed
-    (``train.bucket_window``)."""
+    """Endless epochs over this worker's shard of the train split (:func:`epoch_batches`,
+    seeded ``seed + 10_000 * epoch``)."""
     shard = ray.train.get_dataset_shard("train")
-    collate = _NumpyCollate(collator)
     for epoch in itertools.count():
         produced = 0
-        if bucket_window:
-            chunks = shard.iter_batches(batch_size=bucket_window * batch_size, batch_format="numpy")
-            batches = bucketed_chunk_batches(
-                chunks, collator, batch_size, seed + 10_000 * epoch, bucket_window
-            )
-        else:
-            batches = shard.iter_torch_batches(
-                batch_size=batch_size, collate_fn=collate, drop_last=True
-            )
-        for batch in batches:
+        for batch in epoch_batches(
+            shard, collator, batch_size, bucket_window, seed + 10_000 * epoch
+        ):
             produced += 1
             yield batch
         if produced == 0:
@@ -222,7 +245,7 @@ def fit(
                 checkpoint_score_order=cfg.tune.mode,
             ),
         ),
-        datasets={"train": load_split_dataset(prep_dir, "train")},
+        datasets={"train": train_dataset(prep_dir, cfg.train.seed)},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     return trainer.fit()
