@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -78,6 +79,61 @@ def test_missing_features_are_masked_and_counted(collator):
     assert inputs.text.mask[0].tolist() == [True, False, False, False]
     assert not inputs.text.adj.any()  # the edge touched a masked node
     assert collator.missing_features == {"text": 1, "image": 1}
+
+
+@pytest.mark.parametrize(
+    ("kind", "edges", "bad"),
+    [
+        ("text", [(0, 1), (-1, 0)], "(-1 -> 0)"),  # numpy would wrap -1 round to the last node
+        ("text", [(1, 0), (0, 3)], "(0 -> 3)"),  # past the row's 3 nodes (yet under the cap 4)
+        ("image", [(0, 1), (0, -2)], "(0 -> -2)"),
+    ],
+)
+def test_edge_index_outside_the_row_names_sample_and_modality(collator, kind, edges, bad):
+    texts, images = ["red circle", "blue square", "green star"], ["/img/a.png", "/img/b.png"]
+    row = sample_row("corrupt", "t", texts, images, **{f"{kind}_edges": edges})
+    with pytest.raises(ValueError, match=rf"'s#corrupt', {kind} edges: edge 1 .*{re.escape(bad)}"):
+        collator([sample_row("fine", "t", texts[:1], []), row])
+
+
+def test_edge_lists_of_different_lengths_name_sample_and_modality(collator):
+    row = sample_row("p", "t", ["red circle", "blue square"], ["/img/a.png", "/img/b.png"])
+    row["image_edge_src"], row["image_edge_dst"] = [0, 1], [1]
+    with pytest.raises(ValueError, match="'s#p', image edges: image_edge_src has 2 entries"):
+        collator([row])
+    del row["sample_id"]  # a row without an id is named by its position in the batch
+    with pytest.raises(ValueError, match=r"batch row 0 \(no sample_id\), image edges"):
+        collator([row])
+
+
+def test_nodes_over_the_cap_are_cut_counted_and_their_edges_dropped(collator):
+    texts = ["red circle", "blue square", "green star", "page about shapes", "red circle"]
+    images = ["/img/a.png", "/img/b.png", "/img/a.png", "/img/b.png"]
+    rows = [
+        sample_row("p", "t", texts, images, text_edges=[(1, 0), (4, 0), (0, 4), (2, 3)],
+                   image_edges=[(0, 3), (1, 0)]),
+        sample_row("q", "t", texts[:2], images[:1]),
+    ]  # fmt: skip
+    inputs = collator(rows)
+    assert inputs.text.mask[0].all() and inputs.image.mask[0].all()  # caps 4 and 3 filled
+    # only the edges among kept nodes (dst receives from src); none wrapped onto a kept node
+    assert inputs.text.adj[0].nonzero().tolist() == [[0, 1], [3, 2]]
+    assert inputs.image.adj[0].nonzero().tolist() == [[0, 1]]
+    assert collator.truncated_nodes == {"text": 1, "image": 1}
+
+
+def test_drain_counts_returns_the_counters_and_resets_them(collator):
+    texts = ["red circle", "never embedded", "blue square", "green star", "page about shapes"]
+    collator([sample_row("p", "t", texts, ["/img/a.png", "/img/missing.png"])])
+    assert collator.drain_counts() == {
+        "missing_features.image": 1,
+        "missing_features.text": 1,
+        "truncated_nodes.image": 0,
+        "truncated_nodes.text": 1,
+    }
+    assert set(collator.drain_counts().values()) == {0}
+    collator([sample_row("q", "t", texts[:1], [])])
+    assert sum(collator.drain_counts().values()) == 0
 
 
 def test_collate_accepts_ray_style_column_batches(collator):

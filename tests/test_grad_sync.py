@@ -5,6 +5,7 @@ with ``train.step_graph`` (adapter without its DDP wrapper, gradients averaged b
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from g4mm.train.components import collate_counter
 from g4mm.train.grad_sync import GradientAllReduce
 
 WORLD = 2
@@ -39,6 +41,10 @@ def _rank_run(rank: int, init_file: str, out_dir: str) -> None:
             p.grad = torch.full_like(p, rank + 1.0)
         GradientAllReduce(params)()
         out: dict = {"averaged": [p.grad for p in params]}
+        # the collator's counts are summed over the ranks (rank r counted r + 1 and 2)
+        counts = {"missing_features.text": rank + 1, "truncated_nodes.text": 2}
+        collated = SimpleNamespace(drain_counts=lambda: dict(counts))
+        out["collate_counts"] = collate_counter(collated)()
         tokenizer = train_tokenizer(CORPUS, vocab_size=300)
         backbones = make_tiny_backbones(tokenizer)
         for graphed in (False, True):
@@ -48,15 +54,16 @@ def _rank_run(rank: int, init_file: str, out_dir: str) -> None:
             cfg = step_graph_config(STEPS, graphed)
             cfg.train.grad_accum = 2
             logs: list[str] = []
-            train_loop(
+            history = train_loop(
                 model=model, batches=iter(batches * STEPS), cfg=cfg, device=torch.device("cpu"),
                 report=lambda metrics, state: None, no_sync=model.adapter.no_sync,
-                log=logs.append, is_main=rank == 0,
+                log=logs.append, is_main=rank == 0, collate_counts=collate_counter(collated),
             )  # fmt: skip
             out[graphed] = {
                 "adapter": model.adapter_state_dict(),
                 "logs": logs,
                 "wrapped_after": isinstance(model.adapter, DistributedDataParallel),
+                "history": history,
             }
         torch.save(out, Path(out_dir) / f"rank{rank}.pt")
     finally:
@@ -88,6 +95,17 @@ def test_step_graph_under_ddp_trains_like_ddp(ranks, tiny_backbones):
     logs = ranks[0][True]["logs"]
     assert any("data-parallel: gradients averaged by one all-reduce" in line for line in logs)
     assert ranks[0][True]["wrapped_after"] and ranks[1][True]["wrapped_after"]
+
+
+def test_collate_counts_are_summed_over_the_ranks_at_every_evaluation(ranks):
+    summed = {"missing_features.text": 1 + 2, "truncated_nodes.text": 2 + 2}
+    for rank in ranks:
+        assert rank["collate_counts"] == summed
+        for run in (False, True):
+            assert rank[run]["history"] and all(
+                {k: h[k] for k in summed} == summed for h in rank[run]["history"]
+            )
+    assert any("collated batches since the last report" in line for line in ranks[0][True]["logs"])
 
 
 def test_gradients_are_averaged_over_the_ranks(ranks):

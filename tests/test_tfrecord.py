@@ -251,3 +251,22 @@ def test_interoperates_with_tfrecord_package(tmp_path):
     write_tfrecords(gz, RECORDS)
     assert [bytes(r) for r in tfrecord_iterator(str(plain))] == RECORDS
     assert [bytes(r) for r in tfrecord_iterator(str(gz), compression_type="gzip")] == RECORDS
+
+
+@pytest.mark.parametrize("extra", [0, 8 * 65536])
+def test_plain_file_whose_first_length_looks_like_gzip_magic(tmp_path, extra):
+    # A first record of 0x8b1f (= 35615) bytes mod 65536 makes the file start with 1f 8b, the
+    # gzip magic; the valid length CRC that follows shows the file is plain.
+    first = b"y" * (0x8B1F + extra)
+    path = tmp_path / "plain.tfrecord"
+    write_tfrecords(path, [first, b"second"], compress=False)
+    assert path.read_bytes()[:2] == b"\x1f\x8b"
+    assert list(iter_tfrecords(path)) == [first, b"second"]
+
+
+def test_gzip_file_whose_content_starts_like_gzip_magic(tmp_path):
+    # the gzip case of the same record is still read as gzip
+    first = b"y" * 0x8B1F
+    path = tmp_path / "x.tfrecord.gz"
+    write_tfrecords(path, [first, b"second"])
+    assert list(iter_tfrecords(path)) == [first, b"second"]

@@ -122,7 +122,10 @@ def test_train_job_writes_a_complete_run_dir(trained, artifact_dir):
     test_ids = [r["sample_id"] for r in read_rows(str(prep), "test")]
     assert [p["sample_id"] for p in predictions] == test_ids
     assert all(isinstance(p["prediction"], str) for p in predictions)
-    assert [h["step"] for h in read_jsonl(run / "history.jsonl")] == [10, 20]
+    history = read_jsonl(run / "history.jsonl")
+    assert [h["step"] for h in history] == [10, 20]
+    counted = ("missing_features.text", "missing_features.image", "truncated_nodes.text")
+    assert all(isinstance(h[k], int) and h[k] >= 0 for h in history for k in counted)
 
     for name in ("loss.png", "metrics.png"):
         data = (run / name).read_bytes()

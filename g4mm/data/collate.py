@@ -84,6 +84,35 @@ class Encoded(NamedTuple):
         return Encoded([self.prompts[i] for i in rows], targets)
 
 
+def _row_edges(
+    row: Mapping[str, Any], position: int, kind: str, num_nodes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(src, dst)`` int64 arrays of a row's ``kind`` edges (local node indices), checked.
+
+    Raises:
+        ValueError: the two lists differ in length, or an index is outside
+            ``[0, num_nodes)`` (corrupt sample: numpy would wrap a negative index round to a
+            node the edge never touched); names the row's ``sample_id`` and ``kind``.
+    """
+    src = np.asarray(_as_list(row, f"{kind}_edge_src"), dtype=np.int64)
+    dst = np.asarray(_as_list(row, f"{kind}_edge_dst"), dtype=np.int64)
+    sid = row.get("sample_id")
+    where = f"sample {sid!r}" if sid is not None else f"batch row {position} (no sample_id)"
+    where = f"{where}, {kind} edges"
+    if src.shape != dst.shape:
+        raise ValueError(
+            f"{where}: {kind}_edge_src has {src.size} entries but {kind}_edge_dst {dst.size}"
+        )
+    bad = ((src < 0) | (src >= num_nodes) | (dst < 0) | (dst >= num_nodes)).nonzero()[0]
+    if bad.size:
+        e = int(bad[0])
+        raise ValueError(
+            f"{where}: edge {e} ({int(src[e])} -> {int(dst[e])}) is outside the row's "
+            f"{num_nodes} {kind} nodes [0, {num_nodes})"
+        )
+    return src, dst
+
+
 def _pad(
     seqs: list[list[int]], pad_id: int, left: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,8 +137,20 @@ class GraphCollator:
     features come from ``text_features`` / ``image_features`` (key -> vector); a node whose
     feature is missing is masked out and counted in ``missing_features``.
 
+    Node caps: a row holding more than ``max_text_nodes`` / ``max_image_nodes`` nodes of a
+    modality keeps its first ones and the rest are cut, counted per modality in
+    ``truncated_nodes``. The sample builder stores the nodes in a seeded random order (the
+    target's own text first), so the cut ones are random neighbours, not the farthest hops;
+    rows built with the same caps as the collator's are never cut. The row's edges that touch
+    a cut node are dropped with it. Both counters are read (and reset) by :meth:`drain_counts`.
+
     Shapes of the result: see :class:`Graph4MMInputs`; node widths are ``max_text_nodes`` and
     ``max_image_nodes`` (at least 1 column each).
+
+    Raises (from a call):
+        ValueError: a row's ``<kind>_edge_src`` and ``<kind>_edge_dst`` differ in length, or
+            hold an index outside ``[0, number of <kind> nodes in the row)``; the message
+            names the row's ``sample_id`` (or its position in the batch) and the modality.
     """
 
     tokenizer: Any
@@ -123,6 +164,7 @@ class GraphCollator:
     max_target_tokens: int = 32
     with_targets: bool = True
     missing_features: dict[str, int] = field(default_factory=lambda: {"text": 0, "image": 0})
+    truncated_nodes: dict[str, int] = field(default_factory=lambda: {"text": 0, "image": 0})
 
     def __call__(
         self,
@@ -160,6 +202,24 @@ class GraphCollator:
                   add_special_tokens=False)["input_ids"]  # fmt: skip
         return Encoded(prompts, [[*seq, tok.eos_token_id][: self.max_target_tokens] for seq in ids])
 
+    def drain_counts(self) -> dict[str, int]:
+        """Return the counters accumulated since the last call and reset them to 0.
+
+        Keys: ``"missing_features.text"``, ``"missing_features.image"`` (nodes masked out
+        because their cached feature is missing) and ``"truncated_nodes.text"``,
+        ``"truncated_nodes.image"`` (nodes cut by ``max_text_nodes`` / ``max_image_nodes``).
+        Each collator counts only the batches it collated itself (one per process / rank).
+        """
+        out: dict[str, int] = {}
+        for name, counter in (
+            ("missing_features", self.missing_features),
+            ("truncated_nodes", self.truncated_nodes),
+        ):
+            for kind in sorted(counter):
+                out[f"{name}.{kind}"] = counter[kind]
+                counter[kind] = 0
+        return out
+
     def token_lengths(self, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[int]:
         """Real LM tokens per row as collated (prompt + target, both capped), for
         :func:`length_bucketed_batches`; the soft tokens add the same count to every row."""
@@ -180,8 +240,9 @@ class GraphCollator:
         adj = np.zeros((b, n, n), dtype=bool)
         hops = np.zeros((b, n), dtype=np.int64)
         for i, row in enumerate(rows):
-            values = _as_list(row, values_field)[:n]
-            for j, value in enumerate(values):
+            values = _as_list(row, values_field)
+            self.truncated_nodes[kind] += max(0, len(values) - n)
+            for j, value in enumerate(values[:n]):
                 vector = features.get(feature_key(kind, str(value)))
                 if vector is None:
                     self.missing_features[kind] += 1
@@ -189,9 +250,8 @@ class GraphCollator:
                 feats[i, j], mask[i, j] = vector, True
             row_hops = _as_list(row, f"{kind}_hops")[:n]
             hops[i, : len(row_hops)] = row_hops
-            src = np.asarray(_as_list(row, f"{kind}_edge_src"), dtype=np.int64)
-            dst = np.asarray(_as_list(row, f"{kind}_edge_dst"), dtype=np.int64)
-            keep = (src < n) & (dst < n)
+            src, dst = _row_edges(row, i, kind, len(values))
+            keep = (src < n) & (dst < n)  # in range: only edges to cut nodes go
             adj[i, dst[keep], src[keep]] = True  # attention convention: dst receives from src
         adj &= mask[:, :, None] & mask[:, None, :]
         return ModalityInputs(

@@ -13,7 +13,10 @@ Files in the directory (every ``.pt`` loaded with ``torch.load(weights_only=True
 Every node id ``0..N-1`` is a graph node (external id = its asin, or ``"node<i>"`` when
 unmapped) carrying its raw text and its image when that file decodes. A co-purchase edge
 becomes TEXT_TEXT when both ends have text, IMAGE_IMAGE when both have an image (both when
-both hold), and TEXT_IMAGE when only that pairing exists (reachability only).
+both hold), and TEXT_IMAGE (reachability only) otherwise: when only that pairing exists, or when
+an end has neither text nor image. Such a content-less node joins no modality subgraph, but
+its edges are kept so that hop distances are those of the co-purchase graph (A - X - B stays
+two hops); those edges are logged.
 """
 
 from __future__ import annotations
@@ -129,13 +132,23 @@ def _read_texts(
     return texts
 
 
+def _edges_without_content(edges: Tensor, has_text: Tensor, has_image: Tensor) -> int:
+    """Number of co-purchase pairs ``[E, 2]`` with an end that has neither text nor image."""
+    empty = ~(has_text | has_image)
+    return int((empty[edges[:, 0]] | empty[edges[:, 1]]).sum())
+
+
 def _edge_index(edges: Tensor, has_text: Tensor, has_image: Tensor) -> tuple[Tensor, Tensor]:
-    """Typed, undirected, deduplicated edges from co-purchase pairs ``[E, 2]``."""
+    """Typed, undirected, deduplicated edges from co-purchase pairs ``[E, 2]``.
+
+    TEXT_TEXT / IMAGE_IMAGE where both ends share that modality; every other pair (text-only
+    to image-only, or an end with no content at all) becomes a TEXT_IMAGE edge, which only
+    counts for reachability / hop distance, so no co-purchase pair is lost.
+    """
     src, dst = edges[:, 0], edges[:, 1]
     both_text = has_text[src] & has_text[dst]
     both_image = has_image[src] & has_image[dst]
-    cross = ~both_text & ~both_image & (has_text[src] | has_image[src])
-    cross &= has_text[dst] | has_image[dst]
+    cross = ~both_text & ~both_image
     parts = [
         (mask, etype)
         for mask, etype in (
@@ -154,6 +167,22 @@ def _edge_index(edges: Tensor, has_text: Tensor, has_image: Tensor) -> tuple[Ten
     return torch.stack([key // (n * k), (key // k) % n]), key % k
 
 
+def _log_edges_without_content(
+    edges: Tensor, has_text: Tensor, has_image: Tensor, edges_file: Path
+) -> None:
+    """Log the co-purchase pairs touching a node with neither text nor image, which
+    :func:`_edge_index` keeps for reachability only (nothing is dropped: no skip count)."""
+    n = _edges_without_content(edges, has_text, has_image)
+    if n == 0:
+        return
+    nodes = int((~(has_text | has_image)).sum())
+    log.warning(
+        "%s: %d of %d edges touch one of the %d nodes with neither text nor image; kept for "
+        "reachability only (TEXT_IMAGE), those nodes join no modality subgraph",
+        edges_file, n, edges.size(0), nodes,
+    )  # fmt: skip
+
+
 def read_mmgraph(
     root: str | os.PathLike[str],
     stats: ReadStats,
@@ -169,7 +198,9 @@ def read_mmgraph(
     Counted in ``stats`` (unit = targets unless stated): every image check; skipped
     ``"zero_shot_heldout_train"`` (train nodes of a zero-shot class), ``"unlabeled"``
     (split nodes with label -1), ``"no_text"`` (split nodes without raw text),
-    ``"text_without_node"`` (jsonl lines whose asin has no node; unit = lines).
+    ``"text_without_node"`` (jsonl lines whose asin has no node; unit = lines). Edges with
+    an end that has neither text nor a decodable image are kept as reachability-only
+    TEXT_IMAGE edges (hop distances stay the co-purchase graph's) and logged.
 
     Args:
         root: the dataset directory.
@@ -249,6 +280,7 @@ def read_mmgraph(
     has_text = torch.tensor([t is not None for t in texts], dtype=torch.bool)
     has_image = torch.tensor([i is not None for i in images], dtype=torch.bool)
     edge_index, edge_type = _edge_index(edges, has_text, has_image)
+    _log_edges_without_content(edges, has_text, has_image, edges_file)
     graph = MultimodalGraph(
         node_ids=node_ids,
         texts=texts,

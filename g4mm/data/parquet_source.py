@@ -2,11 +2,12 @@
 
 Directory layout:
 
-- ``nodes.parquet``: ``id`` (string), ``text`` (string, nullable), ``split`` (string,
-  nullable) are required; ``image_path`` (string, nullable; relative to the dataset directory
-  or absolute), ``label`` (int64, nullable), ``target_text`` (string, nullable) and ``prompt``
-  (string, nullable) are optional (all-null when absent);
-- ``edges.parquet``: ``src``, ``dst`` (string node ids), ``type`` (``"text-text"``,
+- ``nodes.parquet``: ``id`` (string, or integer: ids are compared as strings, so integer ids
+  match their edge endpoints), ``text`` (string, nullable), ``split`` (string, nullable) are
+  required; ``image_path`` (string, nullable; relative to the dataset directory or absolute),
+  ``label`` (int64, nullable), ``target_text`` (string, nullable; blank = a skipped target)
+  and ``prompt`` (string, nullable) are optional (all-null when absent);
+- ``edges.parquet``: ``src``, ``dst`` (node ids, compared as strings), ``type`` (``"text-text"``,
   ``"image-image"``, ``"text-image"``; ``"image-text"`` accepted), undirected;
 - optional ``class_names.json`` (list of str) and ``zero_shot_classes.json`` (list of int).
 
@@ -87,7 +88,9 @@ def read_parquet_graph(
     Targets: ``prompt`` column, else the node text (``""`` without one); ``target_text``
     column, else the class name of ``label`` (``"class <id>"`` without class names). Skipped
     targets (counted): ``"unknown_split"`` (warned), ``"no_target"`` (neither target_text nor
-    label), ``"zero_shot_heldout_train"`` (train targets of a zero-shot class).
+    label), ``"empty_target"`` (a blank or whitespace-only target_text, warned; the same reason
+    as WikiWeb2M's blank summaries), ``"zero_shot_heldout_train"`` (train targets of a
+    zero-shot class). Node ids and edge endpoints are compared as strings (integer ids work).
 
     Raises:
         FileNotFoundError: a parquet file is missing.
@@ -105,12 +108,13 @@ def read_parquet_graph(
 
     ids: list[str] = []
     index: dict[str, int] = {}
-    for row, node_id in enumerate(nodes["id"]):
+    for row, raw_id in enumerate(nodes["id"]):
+        node_id = None if raw_id is None else str(raw_id)
         if node_id is None or node_id in index:
             what = "null" if node_id is None else f"duplicate {node_id!r}"
             raise ValueError(f"{nodes_file}: row {row}: {what} node id")
         index[node_id] = row
-        ids.append(str(node_id))
+        ids.append(node_id)
     texts = [None if _blank(t) else str(t) for t in nodes["text"]]
 
     refs = nodes["image_path"]
@@ -123,7 +127,9 @@ def read_parquet_graph(
             images[r] = str(path)
 
     triples = []
-    for row, (u, v, kind) in enumerate(zip(edges["src"], edges["dst"], edges["type"], strict=True)):
+    for row, ends in enumerate(zip(edges["src"], edges["dst"], strict=True)):
+        u, v = (None if end is None else str(end) for end in ends)
+        kind = edges["type"][row]
         for end in (u, v):
             if end not in index:
                 raise ValueError(f"{edges_file}: row {row}: unknown node id {end!r}")
@@ -177,6 +183,10 @@ def read_parquet_graph(
             stats.skip("zero_shot_heldout_train")
             continue
         target_text = nodes["target_text"][row]
+        if target_text is not None and _blank(target_text):
+            log.warning("%s: row %d: blank target_text, target skipped", nodes_file, row)
+            stats.skip("empty_target")
+            continue
         if target_text is None and label is not None:
             target_text = class_names[label] if class_names is not None else f"class {label}"
         if target_text is None:

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 DONE = "DONE"
@@ -47,7 +49,36 @@ def read_rows(prep_dir: str | os.PathLike[str], split: str) -> list[dict]:
     return sorted(rows, key=lambda r: r["sample_id"])
 
 
+def _feature_dim(path: Path, keys: list[str], feats: pa.ListArray) -> int:
+    """The common length of the feature vectors ``feats`` (aligned with ``keys``).
+
+    Raises:
+        ValueError: a feature is null, or its length differs from the first one's, naming
+            ``path``, the key and the row.
+    """
+    nulls = np.flatnonzero(pc.is_null(feats).to_numpy(zero_copy_only=False))
+    if nulls.size:
+        row = int(nulls[0])
+        raise ValueError(f"{path}: feature {keys[row]!r} (row {row}) is null")
+    lengths = pc.list_value_length(feats).to_numpy(zero_copy_only=False)
+    dim = int(lengths[0])
+    ragged = np.flatnonzero(lengths != dim)
+    if ragged.size:
+        row = int(ragged[0])
+        raise ValueError(
+            f"{path}: feature {keys[row]!r} (row {row}) has {int(lengths[row])} values, "
+            f"but feature {keys[0]!r} (row 0) has {dim}: all features of a table must have "
+            "the same dimension"
+        )
+    return dim
+
+
 def _read_feature_table(path: Path) -> dict[str, np.ndarray]:
+    """``key -> float32 vector`` of the FEATURE_SCHEMA shards in ``path`` (``{}`` when none).
+
+    Raises:
+        ValueError: a null, wrong-length or non-finite feature, naming ``path`` and the key.
+    """
     if not path.is_dir() or not any(path.glob("*.parquet")):
         return {}
     table = pq.read_table(str(path))
@@ -55,7 +86,7 @@ def _read_feature_table(path: Path) -> dict[str, np.ndarray]:
     if not keys:
         return {}
     feats = table.column("feature").combine_chunks()
-    dim = len(feats[0])
+    dim = _feature_dim(path, keys, feats)
     values = feats.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     matrix = values.reshape(len(keys), dim)
     if not np.isfinite(matrix).all():

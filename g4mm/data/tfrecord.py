@@ -9,7 +9,9 @@ A TFRecord file is a sequence of records, each framed as::
 
 with ``masked_crc32c(x) = ((crc >> 15 | crc << 17) + 0xA282EAD8) mod 2**32`` and ``crc`` the
 CRC-32C (Castagnoli) of ``x``. Files may be gzip-compressed as a whole (WikiWeb2M ships
-``*.tfrecord.gz``); :func:`iter_tfrecords` detects this by the gzip magic bytes, not the name.
+``*.tfrecord.gz``); :func:`iter_tfrecords` detects this from the content, not the name: a file
+is plain when it opens with a valid record header (length CRC matches), else gzip when it opens
+with the gzip magic bytes.
 
 Every framing problem raises :class:`TFRecordError` (a ``ValueError``) whose message names the
 file, the record index and the byte offset (in the uncompressed stream for gzip files) at which
@@ -184,16 +186,36 @@ def _read_record(reader: _Reader, index: int, verify_crc: bool) -> bytes | None:
     return data
 
 
+def _is_plain_header(head: bytes) -> bool:
+    """Whether ``head`` is a complete TFRecord header: 8 length bytes + their masked CRC."""
+    if len(head) < _HEADER.size:
+        return False
+    _, length_crc = _HEADER.unpack(head[: _HEADER.size])
+    return masked_crc32c(head[:8]) == length_crc
+
+
 def _is_gzip(path: str) -> bool:
-    """Whether the file starts with the gzip magic bytes."""
+    """Whether the file is gzip-compressed.
+
+    A file whose first 12 bytes are a valid TFRecord header (its length CRC matches) is plain,
+    even when its first length happens to start with the gzip magic bytes (a first record of
+    ``0x8b1f`` bytes mod 65536); otherwise it is gzip iff it starts with the magic bytes. A gzip
+    file passes as plain only if its bytes 8-11 happen to equal the masked CRC of bytes 0-7
+    (a 1 in 2**32 chance).
+    """
     with open(path, "rb") as f:
-        return f.read(2) == _GZIP_MAGIC
+        head = f.read(_HEADER.size)
+    if _is_plain_header(head):
+        return False
+    return head[:2] == _GZIP_MAGIC
 
 
 def iter_tfrecords(path: str | os.PathLike[str], verify_crc: bool = True) -> Iterator[bytes]:
     """Yield the records of a plain or gzip-compressed TFRecord file.
 
-    Compression is detected from the gzip magic bytes (the file name does not matter).
+    Compression is detected from the content (the file name does not matter): a file that opens
+    with a valid TFRecord header (the length CRC matches) is plain, even if those bytes start
+    like gzip; otherwise one that opens with the gzip magic bytes is gzip.
 
     Args:
         path: the TFRecord file.

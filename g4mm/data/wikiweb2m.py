@@ -7,6 +7,10 @@ Official field names. Context: ``split``, ``page_url``, ``page_title``,
 ``section_image_url`` (list), ``section_image_captions`` (list aligned with the URLs),
 ``is_section_summarization_sample`` (0/1).
 
+Integer features are parsed strictly: an int, an integral float or a decimal string; anything
+else (``0.7``, ``"true"``, a summarization flag other than 0/1) makes the record malformed
+(:class:`MalformedRecordError`, counted as ``"malformed_record"``), never silently truncated.
+
 Graph (node ids ``"page"``, ``"section<i>"``, ``"section<i>/image<j>"``):
 
 - node 0 = the page, text ``"<title>. <clean_page_description>"``;
@@ -39,11 +43,17 @@ from g4mm.data.schema import SEQUENCE_FIELDS
 from g4mm.data.tfrecord import iter_tfrecords, parse_sequence_example
 from g4mm.graph import EdgeType, MultimodalGraph
 
-__all__ = ["SEQUENCE_FIELDS", "iter_wikiweb2m", "read_wikiweb2m_record"]
+__all__ = ["SEQUENCE_FIELDS", "MalformedRecordError", "iter_wikiweb2m", "read_wikiweb2m_record"]
 
 log = logging.getLogger(__name__)
 
 Edge = tuple[str, str, EdgeType]
+
+
+class MalformedRecordError(ValueError):
+    """A WikiWeb2M record has an unusable feature value; the message names field, section and
+    value. :func:`read_wikiweb2m_record` turns it into a counted, logged ``"malformed_record"``
+    skip naming the record."""
 
 
 def _first(values: list | None, default: object = "") -> object:
@@ -81,8 +91,40 @@ class _Page:
     def text(self, name: str, i: int) -> str:
         return _text(self.entry(name, i))
 
-    def integer(self, name: str, i: int, default: int) -> int:
-        return int(_first(self.entry(name, i), default))  # type: ignore[call-overload]
+    def integers(self, name: str, default: int, allowed: frozenset[int] | None = None) -> list[int]:
+        """Feature ``name`` of every section as an int (``default`` where absent or empty).
+
+        Raises:
+            MalformedRecordError: a value is not an integer (see :func:`_as_int`) or not in
+                ``allowed``, naming the field, the section and the value.
+        """
+        out = []
+        for i in range(self.n):
+            value = _first(self.entry(name, i), default)
+            number = _as_int(value)
+            if number is None or (allowed is not None and number not in allowed):
+                expected = "an integer" if allowed is None else f"one of {sorted(allowed)}"
+                raise MalformedRecordError(f"section {i}: {name} = {value!r} is not {expected}")
+            out.append(number)
+        return out
+
+
+def _as_int(value: object) -> int | None:
+    """``value`` as an int when it is one exactly: an int, an integral float (``1.0``) or a
+    decimal string (``"1"``); ``None`` otherwise (``0.7``, ``"true"``, NaN...)."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+_FLAG = frozenset({0, 1})
 
 
 def read_wikiweb2m_record(
@@ -98,7 +140,9 @@ def read_wikiweb2m_record(
 
     ``None`` (counted in ``stats.skipped``, unit = records, with a logged warning naming
     ``source`` where it is a data problem) for: ``"bad_record"`` (not a SequenceExample),
-    ``"malformed_record"`` (sequence features of different lengths), ``"unknown_split"``
+    ``"malformed_record"`` (sequence features of different lengths, or a
+    ``section_parent_index`` / ``is_section_summarization_sample`` value that is not an integer,
+    resp. not 0/1: see :class:`MalformedRecordError`), ``"unknown_split"``
     (context split not train / val / validation / test), ``"no_targets"``.
     Also counted: each image reference (``images_ok`` / ``images_missing`` /
     ``images_corrupt``; a bad image only drops its image node, never the sample; without
@@ -108,7 +152,8 @@ def read_wikiweb2m_record(
 
     Args:
         data: the serialized record.
-        source: ``"<file name>:<record index>"``, used in messages and sample ids.
+        source: ``"<file>:<record index>"``, used in messages and sample ids; ``<file>`` is the
+            file's path relative to the input root (posix), or its name for a single file.
         images_dir: directory of the downloaded images, or ``None``.
         manifest: URL -> path map (:func:`~g4mm.data.images.load_manifest`), or ``None``.
         stats: counters to update.
@@ -133,6 +178,13 @@ def read_wikiweb2m_record(
         stats.skip("unknown_split")
         return None
     page = _Page(sequences, next(iter(lengths.values()), 0))
+    try:
+        is_sample = page.integers("is_section_summarization_sample", 0, _FLAG)
+        parents = page.integers("section_parent_index", -1)
+    except MalformedRecordError as err:
+        log.warning("%s: %s; record skipped", source, err)
+        stats.skip("malformed_record")
+        return None
     title = _text(context.get("page_title"))
     page_text = (
         _join(title, _text(context.get("clean_page_description")))
@@ -176,7 +228,7 @@ def read_wikiweb2m_record(
                 ok_images.append(iid)
         edges.extend((a, b, EdgeType.IMAGE_IMAGE) for a, b in combinations(ok_images, 2))
         section_images.append(ok_images)
-        if page.integer("is_section_summarization_sample", i, 0) == 1:
+        if is_sample[i] == 1:
             if not first:
                 stats.skip("empty_target")
             else:
@@ -190,7 +242,7 @@ def read_wikiweb2m_record(
                     )
                 )
     for i in range(page.n):
-        parent = page.integer("section_parent_index", i, -1)
+        parent = parents[i]
         if parent != -1 and not (0 <= parent < page.n and parent != i):
             log.warning(
                 "%s: section %d has bad parent index %d; attached to page", source, i, parent

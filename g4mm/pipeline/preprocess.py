@@ -118,7 +118,8 @@ def _read_and_build(cfg: ExperimentConfig, data_cfg: DataConfig) -> tuple[ray.da
     num_blocks = max(1, cfg.data.num_blocks)
     if data_cfg.dataset == "wikiweb2m":
         assert data_cfg.input is not None
-        items = sources.record_items(sources.tfrecord_files(data_cfg.input), num_blocks)
+        files = sources.tfrecord_files(data_cfg.input)
+        items = sources.record_items(files, num_blocks, data_cfg.input)
         ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             sources.wikiweb2m_items_to_table,
             batch_size=1,
@@ -306,6 +307,17 @@ def _cache_hit(final: Path, start: float) -> dict[str, Any]:
     return report
 
 
+def _absolute_paths(data_cfg: DataConfig) -> DataConfig:
+    """``data_cfg`` with ``input`` and ``images`` made absolute here, on the driver: Ray
+    workers run in other working directories, where a relative path means something else."""
+    absolute = {
+        name: str(Path(value).resolve())
+        for name in ("input", "images")
+        if (value := getattr(data_cfg, name))
+    }
+    return dataclasses.replace(data_cfg, **absolute)
+
+
 def run_preprocess(
     cfg: ExperimentConfig, output_dir: str | Path, *, num_cpus: int | None = None
 ) -> dict[str, Any]:
@@ -335,7 +347,7 @@ def run_preprocess(
     progress("ray", f"connected, {cluster_cpus()} CPUs, {cluster_gpus()} GPUs")
     tmp = new_tmp_dir(out)
     try:
-        data_cfg = cfg.data
+        data_cfg = _absolute_paths(cfg.data)
         if cfg.data.dataset in _SYNTHETIC_READER:
             data_cfg = _ensure_raw(cfg, out)
             progress("raw", f"{cfg.data.dataset} files in {data_cfg.input}")

@@ -32,6 +32,7 @@ __all__ = [
     "read_single_graph",
     "record_items",
     "rows_table",
+    "source_name",
     "targets_to_table",
     "tfrecord_files",
     "wikiweb2m_items_to_table",
@@ -120,14 +121,17 @@ def build_rows(src: SourceGraph, data_cfg: DataConfig, stats: ReadStats) -> tupl
 
 
 def tfrecord_files(input_path: str | os.PathLike[str]) -> list[str]:
-    """The TFRecord files of a WikiWeb2M input (a file or a directory, searched recursively)."""
+    """The TFRecord files of a WikiWeb2M input (a file or a directory, searched recursively),
+    as absolute paths under the resolved input (so :func:`source_name` can name them relative
+    to it, symlinked files included)."""
     root = Path(input_path)
     if root.is_file():
         return [str(root.resolve())]
     if not root.is_dir():
         raise FileNotFoundError(f"WikiWeb2M input not found: {root}")
+    resolved = root.resolve()
     files = sorted(
-        str(p.resolve())
+        str(resolved / p.relative_to(root))
         for p in root.rglob("*")
         if p.is_file() and (p.name.endswith(_TFRECORD_SUFFIXES) or ".tfrecord" in p.name)
     )
@@ -136,16 +140,49 @@ def tfrecord_files(input_path: str | os.PathLike[str]) -> list[str]:
     return files
 
 
-def record_items(files: list[str], num_blocks: int) -> list[dict[str, Any]]:
-    """Work items ``{"path", "stripe", "num_stripes"}``: each file read by ``num_stripes``
-    tasks, task ``stripe`` parsing records ``i % num_stripes == stripe`` (framing is cheap,
-    parsing + image checks are not), so few large files still spread over ``num_blocks``."""
+def source_name(path: str | os.PathLike[str], input_path: str | os.PathLike[str]) -> str:
+    """How a TFRecord file of :func:`tfrecord_files` is named in sample ids and messages: its
+    path relative to the input directory, in posix form (``"train/x.tfrecord.gz"``, so equal
+    file names in different subdirectories give different ids and shuffle seeds), or its file
+    name when the input is the file itself.
+
+    Raises:
+        ValueError: ``path`` is not under ``input_path``.
+    """
+    root = Path(input_path).resolve()
+    if not root.is_dir():
+        return Path(path).name
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        raise ValueError(f"TFRecord file {path} is not under the input directory {root}") from None
+
+
+def record_items(
+    files: list[str], num_blocks: int, input_path: str | os.PathLike[str]
+) -> list[dict[str, Any]]:
+    """Work items ``{"path", "name", "stripe", "num_stripes"}``: each file read by
+    ``num_stripes`` tasks, task ``stripe`` parsing records ``i % num_stripes == stripe``
+    (framing is cheap, parsing + image checks are not), so few large files still spread over
+    ``num_blocks``. ``name`` (:func:`source_name`) is resolved here, on the driver, where a
+    relative ``input_path`` means what the user meant."""
     stripes = max(1, -(-num_blocks // max(1, len(files))))
-    return [{"path": f, "stripe": s, "num_stripes": stripes} for f in files for s in range(stripes)]
+    return [
+        {"path": f, "name": source_name(f, input_path), "stripe": s, "num_stripes": stripes}
+        for f in files
+        for s in range(stripes)
+    ]
 
 
 def wikiweb2m_items_to_table(batch: pa.Table, data_cfg: DataConfig) -> pa.Table:
-    """``map_batches`` function: work items -> sample rows (+ one stats cell per item)."""
+    """``map_batches`` function: work items -> sample rows (+ one stats cell per item).
+
+    Records are named ``"<file>:<record index>"`` with ``<file>`` from :func:`source_name`
+    (the sample ids are ``"<file>:<record index>#<node id>"``). A malformed record is a
+    counted, logged skip (see :func:`~g4mm.data.wikiweb2m.read_wikiweb2m_record`); broken
+    framing skips the rest of the file (``"corrupt_tfrecord_file"``, counted once per file);
+    any other ``ValueError`` is re-raised naming the file and the record.
+    """
     from g4mm.data.images import load_manifest
     from g4mm.data.tfrecord import TFRecordError, iter_tfrecords
     from g4mm.data.wikiweb2m import read_wikiweb2m_record
@@ -160,17 +197,20 @@ def wikiweb2m_items_to_table(batch: pa.Table, data_cfg: DataConfig) -> pa.Table:
         path, stripe, num_stripes = item["path"], item["stripe"], item["num_stripes"]
         stats, rows, targets, build_skipped = _read_stats(), [], 0, 0
         by_split: Counter[str] = Counter()
+        name = item["name"]
         try:
             for i, record in enumerate(iter_tfrecords(path)):
                 if i % num_stripes != stripe:
                     continue
-                source = f"{Path(path).name}:{i}"
-                src = read_wikiweb2m_record(
-                    record, source, images_dir, manifest, stats, image_cache=image_cache
-                )
-                if src is None:
-                    continue
-                part, info = build_rows(src, data_cfg, _read_stats())
+                try:  # per-record data problems are counted skips inside the reader
+                    src = read_wikiweb2m_record(
+                        record, f"{name}:{i}", images_dir, manifest, stats, image_cache=image_cache
+                    )
+                    if src is None:
+                        continue
+                    part, info = build_rows(src, data_cfg, _read_stats())
+                except ValueError as err:  # anything else: fail, naming the file and record
+                    raise ValueError(f"{path}: record {i}: {err}") from err
                 stats.merge(info)
                 targets += info["targets"]
                 build_skipped += info["build_skipped"]

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from g4mm.data.collate import GraphCollator, length_bucketed_batches, rows_from_columns
 from g4mm.data.prepared import available_splits, class_names_from_rows, read_features, read_rows
@@ -42,6 +43,25 @@ def pick_device(use_gpu: str | bool) -> torch.device:
 def all_class_names(prep_dir: str) -> list[str] | None:
     rows = [r for split in available_splits(prep_dir) for r in read_rows(prep_dir, split)]
     return class_names_from_rows(rows)
+
+
+def collate_counter(
+    collator: GraphCollator, device: torch.device | None = None
+) -> Callable[[], dict[str, int]]:
+    """``train_loop``'s ``collate_counts``: ``collator``'s counts since the last call
+    (:meth:`GraphCollator.drain_counts`: train and validation batches alike), summed over the
+    ranks when ``torch.distributed`` is initialised (every rank calls it at each evaluation;
+    ``device`` holds the sum for the backend: CUDA for NCCL)."""
+
+    def counts() -> dict[str, int]:
+        drained = collator.drain_counts()
+        if dist.is_available() and dist.is_initialized():
+            values = torch.tensor(list(drained.values()), dtype=torch.int64, device=device)
+            dist.all_reduce(values)
+            drained = dict(zip(drained, values.tolist(), strict=True))
+        return drained
+
+    return counts
 
 
 def build_components(cfg: Any, prep_dir: str, device: torch.device) -> Components:

@@ -16,6 +16,7 @@ from g4mm.train.checkpoint import save_checkpoint
 from g4mm.train.components import (
     bucketing_note,
     build_components,
+    collate_counter,
     cycle_batches,
     evaluate_checkpoint,
     make_evaluator,
@@ -71,6 +72,7 @@ def train_in_process(
     history = train_loop(
         model=parts.model, batches=batches, cfg=cfg, device=device, report=report,
         evaluate=make_evaluator(parts, cfg, val_rows), log=log,
+        collate_counts=collate_counter(parts.collator),
     )  # fmt: skip
     train_seconds = time.perf_counter() - start
     test_metrics, predictions = evaluate_checkpoint(cfg, prep_dir, best["state"], "test", device)

@@ -166,6 +166,7 @@ def train_loop(
     log_every: int = 10,
     on_report: Callable[[int], None] | None = None,
     on_step: Callable[[int], None] | None = None,
+    collate_counts: Callable[[], dict[str, int]] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model``'s adapter for ``cfg.train.max_steps`` optimizer steps.
 
@@ -178,6 +179,10 @@ def train_loop(
         no_sync: the DDP module's ``no_sync`` when data-parallel, else None.
         on_report: called with the step after each report (fault-injection hook for tests).
         on_step: called with the step after each optimizer step is queued (benchmark timing).
+        collate_counts: called at every evaluation on every process (it may be a collective):
+            the collator's counts since the last call (nodes masked for a missing feature,
+            nodes cut by the caps; :func:`g4mm.train.components.collate_counter`), added to
+            the metrics and logged when any is non-zero.
 
     Returns:
         The history: one metrics dict per evaluation (from the start, across resumes).
@@ -279,6 +284,11 @@ def train_loop(
                     model.eval()
                     metrics.update({f"val_{k}": v for k, v in evaluate().items()})
                     model.train()
+                if collate_counts is not None:
+                    counts = collate_counts()
+                    metrics.update(counts)
+                    if is_main and any(counts.values()):
+                        log(f"step {step}: collated batches since the last report: {counts}")
                 history.append(metrics)
                 state = None
                 if is_main:

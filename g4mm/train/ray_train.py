@@ -37,6 +37,7 @@ from g4mm.train.components import (
     bucketed_chunk_batches,
     bucketing_note,
     build_components,
+    collate_counter,
     make_evaluator,
 )
 from g4mm.train.local import limit
@@ -198,6 +199,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         is_main=rank == 0,
         no_sync=no_sync,
         on_report=inject_failure,
+        collate_counts=collate_counter(parts.collator, device),
     )
 
 
