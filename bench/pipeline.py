@@ -67,12 +67,23 @@ def _run(num_cpus: int, pages: int, art: Path, out: Path, pin: bool) -> dict:
     return report
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an int >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be >= 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="default size (200 pages)")
     parser.add_argument("--pages", type=int, default=200, help="synthetic pages (default 200)")
     parser.add_argument(
-        "--repeats", type=int, default=2, help="runs per setting (interleaved 1,2,2,1; best kept)"
+        "--repeats",
+        type=_positive,
+        default=2,
+        help="runs per setting, >= 1 (interleaved 1,2,2,1; best kept)",
     )
     parser.add_argument(
         "--cores",

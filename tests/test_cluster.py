@@ -95,6 +95,9 @@ def test_workers_scale_from_zero_and_install_this_package(cluster_config):
     setup = cluster_config["setup_commands"]
     assert any("download.pytorch.org/whl/cu" in c and "torch" in c for c in setup)
     assert any("pip install" in c and "-e ~/g4mm" in c for c in setup)
+    # the caption metrics (pycocoevalcap's PTB tokenizer) need java, which the image lacks
+    assert any("apt-get install" in c and "openjdk-17-jre-headless" in c for c in setup)
+    assert "openjdk-17-jre-headless" in (ROOT / "cluster" / "kuberay.yaml").read_text()
     assert cluster_config["file_mounts"]["~/g4mm"] == "."
     assert ".gitignore" in cluster_config["rsync_filter"]
 

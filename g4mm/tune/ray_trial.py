@@ -8,7 +8,8 @@ prepared (by their content-hash cache key; a trial never preprocesses), and trai
   reporting every evaluation with ``tune.report`` so ASHA can stop it between evaluations;
 - ``ray_train``: a ``TorchTrainer`` per trial (:func:`g4mm.train.ray_train.fit`) whose
   evaluations reach Tune through ``TuneReportCallback``; the trial itself holds almost no
-  resources (``tune.with_resources({"cpu": 0.01, ...})``), its Train workers hold the rest.
+  resources (``tune.with_resources({"cpu": 0, "memory": 64 MiB})``), its Train workers hold
+  the rest.
 
 Either way a completed trial tests its best checkpoint and sends one last report with
 ``phase = "test"``: the best validation metrics, the ``test_*`` metrics and timings. Its run
