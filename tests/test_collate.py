@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from types import SimpleNamespace
 
@@ -167,6 +168,35 @@ def test_ensure_tiny_backbones_builds_pretrained_lm_once(tmp_path):
     stamp = tmp_path / "backbones" / "tiny-lm" / "g4mm_build.json"
     stamp.write_text(json.dumps({"version": 1}))
     assert ensure_tiny_backbones(cfg, corpus, pretrain_steps=5)["lm"] == "built"
+
+
+def test_a_tiny_backbone_built_for_other_data_is_rebuilt_one_built_by_hand_is_kept(
+    tmp_path, caplog
+):
+    corpus = ["the red circle sits above the blue square", "a green star with stripes"] * 20
+    cfg = SimpleNamespace(
+        data=SimpleNamespace(artifact_dir=str(tmp_path), seed=0, image_size=16),
+        model=SimpleNamespace(lm="tiny", vision="tiny"),
+    )
+    docs = {"lm": {"dataset": "synthetic-docs", "source": {"num_pages": (8,)}},
+            "vision": {"seed": 0, "image_size": 16}}  # fmt: skip
+    products = {**docs, "lm": {"dataset": "synthetic-products", "source": {"n": 5}}}
+    steps = {"pretrain_steps": 2, "vision_steps": 2}
+    built = ensure_tiny_backbones(cfg, corpus, recipes=docs, **steps)
+    assert built == {"lm": "built", "vision": "built"}
+    assert ensure_tiny_backbones(cfg, corpus, recipes=docs) == {"lm": "cached", "vision": "cached"}
+    with caplog.at_level(logging.WARNING, logger="g4mm.data.corpus"):
+        rebuilt = ensure_tiny_backbones(cfg, corpus, recipes=products, **steps)
+    assert rebuilt == {"lm": "built", "vision": "cached"}
+    assert "built for other data (synthetic-docs); rebuilding it for synthetic-products" in (
+        caplog.text
+    )
+    stamp = json.loads((tmp_path / "backbones" / "tiny-lm" / "g4mm_build.json").read_text())
+    assert stamp["recipe"]["dataset"] == "synthetic-products"
+    # one built by hand (no recipe recorded) is used as it is
+    stamp["recipe"] = None
+    (tmp_path / "backbones" / "tiny-lm" / "g4mm_build.json").write_text(json.dumps(stamp))
+    assert ensure_tiny_backbones(cfg, corpus, recipes=docs)["lm"] == "cached"
 
 
 def test_copy_batch_puts_the_loss_on_the_answer_only():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -229,6 +230,56 @@ def test_cache_key_tracks_content_not_parallelism(artifact_dir):
     for change in ("data.tau=1", "data.num_pages=25", "data.seed=1", "data.max_text_nodes=5"):
         other = load_config("smoke", [f"data.artifact_dir={artifact_dir}", change])
         assert cache_key(other) != key, change
+
+
+def test_cache_key_tracks_the_synthetic_generator_version(artifact_dir, monkeypatch):
+    from g4mm.data import versions
+
+    cfg = load_config("smoke", [f"data.artifact_dir={artifact_dir}"])
+    key = cache_key(cfg)
+    monkeypatch.setattr(versions, "GENERATOR_VERSION", versions.GENERATOR_VERSION + 1)
+    assert cache_key(cfg) not in (None, key)
+
+
+def test_a_tiny_lm_built_for_other_data_is_stale_and_keys_nothing(artifact_dir, tmp_path):
+    """A tiny LM stamped with another dataset's recipe (a shared data.artifact_dir) is not
+    used: no cache key until the pipeline rebuilds it; one built by hand records no recipe."""
+    from g4mm.pipeline.cache import stale_tiny_backbones, tiny_recipes
+
+    art = tmp_path / "artifacts"
+    shutil.copytree(Path(artifact_dir) / "backbones", art / "backbones")
+    cfg = load_config("smoke", [f"data.artifact_dir={art}"])
+    assert stale_tiny_backbones(cfg) == [] and cache_key(cfg) is not None  # by hand: used
+    stamp_file = art / "backbones" / "tiny-lm" / "g4mm_build.json"
+    stamp = json.loads(stamp_file.read_text())
+    stamp["recipe"] = json.loads(json.dumps(tiny_recipes(cfg)["lm"], default=str))
+    stamp_file.write_text(json.dumps(stamp))
+    assert stale_tiny_backbones(cfg) == [] and cache_key(cfg) is not None  # for this data
+    products = load_config("smoke", [f"data.artifact_dir={art}", "data.dataset=synthetic-products"])
+    assert stale_tiny_backbones(products) == ["lm"] and cache_key(products) is None
+    other_pages = load_config("smoke", [f"data.artifact_dir={art}", "data.num_pages=99"])
+    assert stale_tiny_backbones(other_pages) == ["lm"]
+
+
+def test_the_tiny_lm_corpus_holds_train_samples_only(ray_local):
+    """Nothing of a val or test sample reaches the frozen LM, neighbours' texts included."""
+    from g4mm.pipeline.preprocess import _corpus
+
+    def row(texts, prompt, target, is_sample, split):
+        return {"text_nodes": texts, "prompt": prompt, "target_text": target,
+                "_is_sample": is_sample, "split": split}  # fmt: skip
+
+    rows = ray.data.from_items([
+        row(["train page", "shared"], "p1", "train answer", True, "train"),
+        row(["SECRET neighbour", "shared"], "p2", "SECRET answer", True, "test"),
+        row(["SECRET val text"], "p3", "SECRET val answer", True, "val"),
+        row(["train page", "another"], "p1", "second answer", True, "train"),
+        row(["not a sample"], "", "", False, "train"),
+    ])  # fmt: skip
+    corpus = _corpus(rows)
+    assert sorted(corpus) == sorted(
+        ["train page", "shared", "another", "p1", "train answer", "second answer"]
+    )
 
 
 def test_cache_key_none_until_tiny_backbones_exist(tmp_path):

@@ -17,7 +17,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +32,11 @@ from g4mm.data.synthetic import (
     random_render_attributes,
     render_image,
 )
-from g4mm.model.backbones import BACKBONES
+from g4mm.model.backbones import BACKBONES, BUILD_STAMP, BUILD_VERSION
 from g4mm.model.tiny import tiny_clip_vision, tiny_opt, train_tokenizer
 
 log = logging.getLogger(__name__)
 
-#: Bump when the build recipe changes: directories stamped with another version are rebuilt
-#: (and, through the encoder digests in the cache key, every preprocessing cache with them).
-BUILD_VERSION = 2
-BUILD_STAMP = "g4mm_build.json"
 #: Copy documents held out of LM pretraining to measure its copy accuracy.
 COPY_PROBE = 50
 
@@ -179,13 +175,13 @@ def pretrain_vision(
     return correct
 
 
-def _atomic_save(target: Path, save) -> None:
+def _atomic_save(target: Path, save, recipe: dict | None = None) -> None:
     """Save into a temporary sibling directory, then rename: readers never see half a model."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
         save(tmp)
-        if _is_current_build(target):  # someone else finished first
+        if _is_current_build(target, recipe):  # someone else finished first
             return
         if target.exists():
             shutil.rmtree(target)
@@ -195,18 +191,44 @@ def _atomic_save(target: Path, save) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _is_current_build(directory: Path) -> bool:
-    """A complete backbone directory written by this version of the recipe."""
+def _is_current_build(directory: Path, recipe: dict | None = None) -> bool:
+    """A complete backbone directory written by this version of the build and, when
+    ``recipe`` is given, not built from another recipe (one built by hand records none and
+    is used as it is)."""
     stamp = directory / BUILD_STAMP
-    return (
-        (directory / "config.json").is_file()
-        and stamp.is_file()
-        and (json.loads(stamp.read_text()).get("version") == BUILD_VERSION)
-    )
+    if not ((directory / "config.json").is_file() and stamp.is_file()):
+        return False
+    info = json.loads(stamp.read_text())
+    if info.get("version") != BUILD_VERSION:
+        return False
+    return recipe is None or info.get("recipe") in (None, _plain(recipe))
 
 
-def _stamp(path: Path, **info: Any) -> None:
-    (path / BUILD_STAMP).write_text(json.dumps({"version": BUILD_VERSION, **info}, indent=1))
+def built_recipe(directory: Path) -> dict | None:
+    """The recipe a tiny backbone in ``directory`` was built from (None: none recorded)."""
+    stamp = directory / BUILD_STAMP
+    return json.loads(stamp.read_text()).get("recipe") if stamp.is_file() else None
+
+
+def _plain(recipe: dict) -> dict:
+    """``recipe`` as its JSON round trip (tuples become lists), for comparing with a stamp."""
+    return json.loads(json.dumps(recipe, sort_keys=True, default=str))
+
+
+def _stamp(path: Path, recipe: dict | None, **info: Any) -> None:
+    stamp = {"version": BUILD_VERSION, "recipe": None if recipe is None else _plain(recipe)}
+    (path / BUILD_STAMP).write_text(json.dumps({**stamp, **info}, indent=1))
+
+
+def _rebuild_note(kind: str, directory: Path, recipe: dict | None) -> None:
+    """Log why an existing tiny backbone is replaced: built for other data."""
+    old = built_recipe(directory)
+    if recipe is not None and old is not None and old != _plain(recipe):
+        log.warning(
+            "the tiny %s in %s was built for other data (%s); rebuilding it for %s. Give each "
+            "dataset its own data.artifact_dir to keep both.",
+            kind, directory, old.get("dataset", "?"), recipe.get("dataset", "?"),
+        )  # fmt: skip
 
 
 def _pack(tokenizer: Any, texts: Iterable[str]) -> list[int]:
@@ -231,24 +253,30 @@ def ensure_tiny_backbones(
     image_size: int | None = None,
     vision_steps: int = 200,
     copy_docs: Sequence[tuple[str, str]] = (),
+    recipes: Mapping[str, dict] | None = None,
 ) -> dict[str, str]:
     """Build whichever of the ``tiny`` LM / vision backbones ``cfg.model`` asks for and lacks.
 
     The LM is pretrained on ``corpus`` mixed with ``copy_docs`` (in-context copy documents,
     :func:`g4mm.data.synthetic.lm_copy_documents`), which teach it to copy words from its
-    context, the capability soft tokens rely on. A directory built by an older recipe
-    (:data:`BUILD_VERSION`) is rebuilt.
+    context, the capability soft tokens rely on. A directory built by an older build
+    (:data:`~g4mm.model.backbones.BUILD_VERSION`) is rebuilt, and so is one built from another
+    of ``recipes`` (``{"lm": ..., "vision": ...}``: what each is built from, recorded in its
+    stamp; :func:`g4mm.pipeline.cache.tiny_recipes`), e.g. a tiny LM trained on another
+    dataset's corpus in a shared ``data.artifact_dir`` (logged).
 
     Returns ``{"lm": status, "vision": status}`` with status ``built``, ``cached`` or
     ``not tiny``. ``cfg`` is an ``ExperimentConfig``.
     """
     root = Path(cfg.data.artifact_dir)
+    recipes = recipes or {}
     status = {"lm": "not tiny", "vision": "not tiny"}
     if cfg.model.lm == "tiny":
         lm_dir = root / BACKBONES[("lm", "tiny")].local_subdir
-        if _is_current_build(lm_dir):
+        if _is_current_build(lm_dir, recipes.get("lm")):
             status["lm"] = "cached"
         else:
+            _rebuild_note("LM", lm_dir, recipes.get("lm"))
             texts = [t for t in corpus if t and t.strip()]
             copies = list(copy_docs)
             held_out = copies[-COPY_PROBE:] if len(copies) > 4 * COPY_PROBE else []
@@ -267,10 +295,10 @@ def ensure_tiny_backbones(
             def save_lm(path: Path) -> None:
                 model.save_pretrained(path)
                 tokenizer.save_pretrained(path)
-                _stamp(path, steps=pretrain_steps, loss=losses[-1], copy_docs=len(copies),
-                       held_out_copy_accuracy=accuracy)  # fmt: skip
+                _stamp(path, recipes.get("lm"), steps=pretrain_steps, loss=losses[-1],
+                       copy_docs=len(copies), held_out_copy_accuracy=accuracy)  # fmt: skip
 
-            _atomic_save(lm_dir, save_lm)
+            _atomic_save(lm_dir, save_lm, recipes.get("lm"))
             log.info(
                 "built tiny LM in %.1fs: loss %.2f -> %.2f, held-out copy accuracy %s",
                 time.perf_counter() - start, losses[0], losses[-1], accuracy,
@@ -278,9 +306,10 @@ def ensure_tiny_backbones(
             status["lm"] = "built"
     if cfg.model.vision == "tiny":
         vision_dir = root / BACKBONES[("vision", "tiny")].local_subdir
-        if _is_current_build(vision_dir):
+        if _is_current_build(vision_dir, recipes.get("vision")):
             status["vision"] = "cached"
         else:
+            _rebuild_note("vision encoder", vision_dir, recipes.get("vision"))
             torch.manual_seed(cfg.data.seed)
             size = image_size or cfg.data.image_size
             vision, processor = tiny_clip_vision(size)
@@ -293,8 +322,8 @@ def ensure_tiny_backbones(
             def save_vision(path: Path) -> None:
                 vision.save_pretrained(path)
                 processor.save_pretrained(path)
-                _stamp(path, steps=vision_steps, train_accuracy=accuracy)
+                _stamp(path, recipes.get("vision"), steps=vision_steps, train_accuracy=accuracy)
 
-            _atomic_save(vision_dir, save_vision)
+            _atomic_save(vision_dir, save_vision, recipes.get("vision"))
             status["vision"] = "built"
     return status

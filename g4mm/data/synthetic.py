@@ -74,6 +74,7 @@ from PIL import Image, ImageDraw
 from g4mm.data.schema import SEQUENCE_FIELDS
 from g4mm.data.tfrecord import iter_tfrecords, parse_sequence_example, sequence_example
 from g4mm.data.tfrecord import write_tfrecords as _write_tfrecords
+from g4mm.data.versions import GENERATOR_VERSION
 
 if TYPE_CHECKING:
     import torch
@@ -91,8 +92,6 @@ __all__ = [
     "write_synthetic_docs",
     "write_synthetic_products",
 ]
-
-GENERATOR_VERSION = 1
 
 #: ``map_chunks(fn, jobs)``: ``fn(job)`` for each job, in order, possibly in parallel (None: the
 #: builtin ``map``).

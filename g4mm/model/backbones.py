@@ -30,6 +30,14 @@ if TYPE_CHECKING:
 
 Kind = Literal["lm", "vision"]
 
+#: Bump when the tiny backbones' build recipe changes: directories stamped with another
+#: version are rebuilt (and, through the encoder digests in the cache key, every
+#: preprocessing cache made with them).
+BUILD_VERSION = 2
+#: The JSON file in a built tiny backbone's directory: ``version``, the ``recipe`` (what it
+#: was built from; absent for a backbone built by hand) and training statistics.
+BUILD_STAMP = "g4mm_build.json"
+
 
 @dataclass(frozen=True)
 class BackboneSpec:

@@ -36,6 +36,8 @@ __all__ = [
     "is_done",
     "new_tmp_dir",
     "source_fingerprint",
+    "stale_tiny_backbones",
+    "tiny_recipes",
 ]
 
 DONE = "DONE"
@@ -75,6 +77,10 @@ def source_fingerprint(cfg: ExperimentConfig) -> dict[str, Any]:
     """What identifies the raw input: synthetic parameters or a listing of the input files."""
     d = cfg.data
     common = {"image_size": d.image_size, "seed": d.seed}
+    if d.dataset.startswith("synthetic"):
+        from g4mm.data.versions import GENERATOR_VERSION
+
+        common["generator"] = GENERATOR_VERSION
     if d.dataset == "synthetic-docs":
         return {"synthetic": d.dataset, "num_pages": d.num_pages, **common}
     if d.dataset == "synthetic-products":
@@ -114,25 +120,65 @@ def encoder_fingerprint(cfg: ExperimentConfig) -> dict[str, Any] | None:
     return {"text": text, "vision": vision}
 
 
+def _content_fields(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The data config fields that decide the shards (synthetic sources: not the paths)."""
+    data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in _NON_CONTENT_FIELDS}
+    if cfg.data.dataset.startswith("synthetic"):
+        data.pop("input", None)
+        data.pop("images", None)
+    return data
+
+
+def tiny_recipes(cfg: ExperimentConfig) -> dict[str, dict[str, Any]]:
+    """What the ``tiny`` backbones are built from, recorded in their stamps
+    (:func:`g4mm.data.corpus.ensure_tiny_backbones`): the LM from the dataset's corpus (a
+    synthetic source: its generator parameters; other data: the input files and the data
+    fields that decide the samples' texts), the vision encoder from the seed and image size."""
+    d = cfg.data
+    lm: dict[str, Any] = {"dataset": d.dataset, "source": source_fingerprint(cfg)}
+    if not d.dataset.startswith("synthetic"):
+        lm["data"] = _content_fields(cfg)
+    return {"lm": lm, "vision": {"seed": d.seed, "image_size": d.image_size}}
+
+
+def stale_tiny_backbones(cfg: ExperimentConfig) -> list[str]:
+    """The ``tiny`` backbones of ``cfg.model`` that exist but were built by another build
+    version or from another recipe (:func:`tiny_recipes`): they must be rebuilt before use.
+    Missing ones are not listed (:func:`encoder_fingerprint` is None for them)."""
+    from g4mm.model.backbones import BACKBONES, BUILD_STAMP, BUILD_VERSION  # torch: lazily
+
+    m, recipes, stale = cfg.model, tiny_recipes(cfg), []
+    wanted = {("lm", m.lm), ("lm", m.lm if m.text_encoder == "lm" else m.text_encoder)}
+    wanted.add(("vision", m.vision))
+    for kind, name in sorted(wanted):
+        if name != "tiny":
+            continue
+        stamp = Path(cfg.data.artifact_dir) / BACKBONES[(kind, name)].local_subdir / BUILD_STAMP
+        if not stamp.is_file():
+            continue
+        info = json.loads(stamp.read_text())
+        recipe = json.loads(json.dumps(recipes[kind], sort_keys=True, default=str))
+        if info.get("version") != BUILD_VERSION or info.get("recipe") not in (None, recipe):
+            stale.append(kind)
+    return stale
+
+
 def cache_key(cfg: ExperimentConfig) -> str | None:
     """sha256 hex (first 16 chars) of everything that decides the output, or None when the
-    encoders cannot be fingerprinted yet (a tiny backbone still to be built).
+    encoders cannot be fingerprinted yet (a tiny backbone still to be built, or to be rebuilt:
+    :func:`stale_tiny_backbones`).
 
     The code is represented by :data:`PIPELINE_VERSION` only (bump it when a change to the
     readers / sample builder / encoders changes the shards): hashing the source files made
     every unrelated edit or reformat invalidate every cache.
     """
     encoders = encoder_fingerprint(cfg)
-    if encoders is None:
+    if encoders is None or stale_tiny_backbones(cfg):
         return None
-    data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in _NON_CONTENT_FIELDS}
-    if cfg.data.dataset.startswith("synthetic"):
-        data.pop("input", None)
-        data.pop("images", None)
     payload = {
         "version": PIPELINE_VERSION,
         "source": source_fingerprint(cfg),
-        "data": data,
+        "data": _content_fields(cfg),
         "encoders": encoders,
     }
     return _sha256(payload)[:16]

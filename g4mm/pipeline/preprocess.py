@@ -39,6 +39,8 @@ from g4mm.pipeline.cache import (
     encoder_fingerprint,
     is_done,
     new_tmp_dir,
+    stale_tiny_backbones,
+    tiny_recipes,
 )
 from g4mm.pipeline.embed import ImageEmbedder, TextEmbedder
 from g4mm.pipeline.ray_runtime import cluster_cpus, cluster_gpus, init_ray, ray_map
@@ -79,7 +81,8 @@ def _ensure_raw(cfg: ExperimentConfig, output_dir: Path) -> DataConfig:
     from g4mm.data import synthetic
 
     d = cfg.data
-    params = {"dataset": d.dataset, "image_size": d.image_size, "seed": d.seed}
+    params = {"dataset": d.dataset, "image_size": d.image_size, "seed": d.seed,
+              "generator": synthetic.GENERATOR_VERSION}  # fmt: skip
     if d.dataset == "synthetic-docs":
         params["num_pages"] = d.num_pages
     else:
@@ -209,34 +212,39 @@ def _unique_values(rows: ray.data.Dataset) -> tuple[list[str], list[str]]:
     return sorted(texts), sorted(images)
 
 
-def _corpus(rows: ray.data.Dataset, texts: list[str]) -> list[str]:
-    """Node texts + prompts + TRAIN targets: the tiny tokenizer / LM's training corpus (val and
-    test targets never reach the frozen LM)."""
-    corpus = list(texts)
-    columns = ["prompt", "target_text", "_is_sample", "split"]
+def _corpus(rows: ray.data.Dataset) -> list[str]:
+    """The tiny tokenizer / LM's training corpus: the TRAIN samples' node texts, prompts and
+    targets, each text once. Nothing of a val or test sample reaches the frozen LM: not its
+    target, and not its neighbours' texts, which (a section's full text as another section's
+    neighbour) can hold another held-out sample's answer."""
+    corpus: dict[str, None] = {}  # ordered set
+    columns = ["text_nodes", "prompt", "target_text", "_is_sample", "split"]
     for batch in rows.select_columns(columns).iter_batches(batch_format="pyarrow"):
         batch = batch.filter(batch.column("_is_sample"))
-        corpus.extend(v for v in batch.column("prompt").to_pylist() if v)
         batch = batch.filter(pc.equal(batch.column("split"), "train"))
-        corpus.extend(v for v in batch.column("target_text").to_pylist() if v)
-    return corpus
+        texts = pc.list_flatten(batch.column("text_nodes")).to_pylist()
+        for column in ("prompt", "target_text"):
+            texts.extend(batch.column(column).to_pylist())
+        corpus.update(dict.fromkeys(t for t in texts if t))
+    return list(corpus)
 
 
 def _build_backbones(
-    cfg: ExperimentConfig, data_cfg: DataConfig, rows: ray.data.Dataset, texts: list[str]
+    cfg: ExperimentConfig, data_cfg: DataConfig, rows: ray.data.Dataset
 ) -> dict[str, str]:
-    """Build the missing tiny backbones: from the whole generated corpus for synthetic sources,
-    else from the samples' node texts, prompts and targets."""
+    """Build the missing or stale tiny backbones (:func:`tiny_recipes`): from the generated
+    train pages for synthetic sources, else from the train samples (:func:`_corpus`)."""
     from g4mm.data.corpus import ensure_tiny_backbones
 
+    recipes = tiny_recipes(cfg)
     if cfg.data.dataset in _SYNTHETIC_READER:
         from g4mm.data.synthetic import corpus_texts, lm_copy_documents
 
         assert data_cfg.input is not None
         corpus = list(corpus_texts(data_cfg.input, splits=("train",)))
         copies = lm_copy_documents(cfg.data.dataset, COPY_DOCUMENTS, cfg.data.seed)
-        return ensure_tiny_backbones(cfg, corpus, copy_docs=copies)
-    return ensure_tiny_backbones(cfg, _corpus(rows, texts))
+        return ensure_tiny_backbones(cfg, corpus, copy_docs=copies, recipes=recipes)
+    return ensure_tiny_backbones(cfg, _corpus(rows), recipes=recipes)
 
 
 # ---------------------------------------------------------------------------------- embed
@@ -366,8 +374,8 @@ def run_preprocess(
         stages_run.append("samples")
 
         texts, images = _unique_values(rows)
-        if encoder_fingerprint(cfg) is None:  # a tiny backbone still to be built
-            status = _build_backbones(cfg, data_cfg, rows, texts)
+        if encoder_fingerprint(cfg) is None or stale_tiny_backbones(cfg):  # tiny: (re)build
+            status = _build_backbones(cfg, data_cfg, rows)
             progress("backbones", f"tiny backbones {status} in {cfg.data.artifact_dir}")
             stages_run.append("backbones")
         key = cache_key(cfg)
