@@ -233,7 +233,8 @@ class TrainConfig:
         max_steps: optimizer steps.
         eval_every: validate every this many optimizer steps.
         grad_clip: gradient-norm clip (0 disables clipping).
-        precision: ``"auto"`` (bf16 on GPUs that support it, else fp32), ``"bf16"``, ``"fp32"``.
+        precision: ``"auto"`` (bf16 on GPUs with native bf16, else fp32), ``"bf16"`` (an error
+            where not native), ``"fp32"``.
         output_dir: directory under which run directories are created.
         storage_path: Ray Train storage path (shared filesystem / bucket) or None for local.
         max_failures: worker-group restarts tolerated (-1 = unlimited, as in Ray).

@@ -362,19 +362,24 @@ def test_compile_falls_back_to_eager_when_compiling_fails(tokenizer):
 
 
 @pytest.mark.parametrize(
-    ("device", "precision", "frozen", "expected"),
+    ("device", "native", "precision", "frozen", "expected"),
     [
-        ("cuda", "auto", "auto", torch.bfloat16),
-        ("cuda", "bf16", "auto", torch.bfloat16),
-        ("cuda", "fp32", "auto", torch.float32),
-        ("cuda", "auto", "fp32", torch.float32),
-        ("cpu", "auto", "auto", torch.float32),
-        ("cpu", "fp32", "bf16", torch.bfloat16),
+        ("cuda", True, "auto", "auto", torch.bfloat16),
+        ("cuda", True, "bf16", "auto", torch.bfloat16),
+        ("cuda", True, "fp32", "auto", torch.float32),
+        ("cuda", True, "auto", "fp32", torch.float32),
+        ("cuda", False, "auto", "auto", torch.float32),  # a V100: auto stays fp32
+        ("cuda", False, "fp32", "bf16", torch.bfloat16),
+        ("cpu", False, "auto", "auto", torch.float32),
+        ("cpu", False, "fp32", "bf16", torch.bfloat16),
     ],
 )
-def test_frozen_dtype_follows_autocast(device, precision, frozen, expected):
+def test_frozen_dtype_follows_autocast(monkeypatch, device, native, precision, frozen, expected):
+    """The device's answer to "native bf16?" is set here (this machine has no GPU): the rule
+    under test is ours, not the query."""
     from g4mm.train.loop import frozen_dtype_for
 
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation: native)
     assert frozen_dtype_for(torch.device(device), precision, frozen) == expected
 
 

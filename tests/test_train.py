@@ -277,3 +277,12 @@ def test_evaluate_help():
     assert proc.returncode == 0, tail(proc)
     for flag in ("--checkpoint", "--config", "--set", "--split", "--prep-root", "--output"):
         assert flag in proc.stdout
+
+
+def test_each_rank_and_each_resume_draws_its_own_seeded_stream():
+    """A restarted worker must not replay step 0's dropout masks and epoch 0's data order."""
+    from g4mm.train.ray_train import resumed_seed
+
+    assert resumed_seed(7, 0, 0) == 7 and resumed_seed(7, 0, 1) == 8  # the start: seed + rank
+    seeds = {resumed_seed(7, step, rank) for step in (0, 10, 20, 30) for rank in range(4)}
+    assert len(seeds) == 16

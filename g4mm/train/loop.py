@@ -36,20 +36,39 @@ from g4mm.train.transfer import to_device
 Report = Callable[[dict[str, Any], dict[str, Any] | None], None]
 
 
+def uses_bf16(device: torch.device, precision: str) -> bool:
+    """Whether steps run under bf16 autocast (``train.precision``): ``auto`` on a CUDA device
+    with native bf16 (Ampere and later; emulation does not count), ``bf16`` likewise but
+    demanded, ``fp32`` never.
+
+    Raises:
+        ValueError: ``bf16`` asked for on a device without native bf16 (the CPU, a V100).
+    """
+    if precision == "fp32":
+        return False
+    native = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    if precision == "bf16" and not native:
+        raise ValueError(
+            f"train.precision = 'bf16' needs a CUDA device with native bf16; this run's device "
+            f"is {device}: use 'auto' (bf16 where native, else fp32) or 'fp32'"
+        )
+    return native
+
+
 def autocast_for(device: torch.device, precision: str):
-    """bf16 autocast on CUDA unless fp32 is asked for; nothing on CPU."""
-    if device.type == "cuda" and precision in ("auto", "bf16"):
+    """bf16 autocast where :func:`uses_bf16`; else nothing (fp32)."""
+    if uses_bf16(device, precision):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def frozen_dtype_for(device: torch.device, precision: str, frozen_dtype: str) -> torch.dtype:
     """Storage dtype of the frozen backbones (``train.frozen_dtype``): ``auto`` is bf16 exactly
-    when the step runs under bf16 autocast (CUDA, precision auto/bf16), where autocast would
-    cast every fp32 weight to bf16 in every forward anyway; else fp32."""
+    when the step runs under bf16 autocast (:func:`uses_bf16`), where autocast would cast
+    every fp32 weight to bf16 in every forward anyway; else fp32."""
     if frozen_dtype == "bf16":
         return torch.bfloat16
-    if frozen_dtype == "auto" and device.type == "cuda" and precision in ("auto", "bf16"):
+    if frozen_dtype == "auto" and uses_bf16(device, precision):
         return torch.bfloat16
     return torch.float32
 

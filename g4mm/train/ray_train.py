@@ -24,6 +24,7 @@ from typing import Any
 import ray
 import ray.train
 import ray.train.torch
+import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -104,6 +105,12 @@ def _shard_batches(
             raise RuntimeError(f"this worker's train shard holds no full batch of {batch_size}")
 
 
+def resumed_seed(seed: int, restart_step: int, rank: int) -> int:
+    """This rank's seed for the data order (and, after a restart, torch's RNG):
+    ``seed + rank`` at the start, a different stream for each step a run resumes from."""
+    return seed + rank + 1_000_003 * restart_step
+
+
 def _wait_until_reports_collected(num_reports: int, timeout_s: float = 120.0) -> None:
     """Block until the Train controller has collected this worker's ``num_reports`` reports.
 
@@ -145,6 +152,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as directory:
             resume = load_checkpoint(directory)
         restore_adapter(model, resume, cfg.model, source="resumed checkpoint")
+    # a restarted worker continues on fresh seeded streams (dropout, data order), not the
+    # start's: the same seeds again would replay step 0's dropout masks and epoch 0's order
+    restart = 0 if resume is None else int(resume["step"])
+    if restart:
+        torch.manual_seed(resumed_seed(cfg.train.seed, restart, rank))
     # DDP over the trainable part only (prepare_model also moves it to this worker's device);
     # the diffusion weights are a constant buffer: nothing to broadcast. With
     # train.step_graph the loop runs the bare adapter and averages gradients itself (grad_sync)
@@ -189,7 +201,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_loop(
         model=model,
         batches=_shard_batches(
-            parts.collator, cfg.train.batch_size, cfg.train.bucket_window, cfg.train.seed + rank
+            parts.collator,
+            cfg.train.batch_size,
+            cfg.train.bucket_window,
+            resumed_seed(cfg.train.seed, restart, rank),
         ),
         cfg=cfg,
         device=device,
