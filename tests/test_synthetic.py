@@ -22,6 +22,9 @@ from g4mm.data.synthetic import (
     PRODUCT_COLOURS,
     corpus_texts,
     lm_copy_documents,
+    parse_target_sentence,
+    slot_accuracy,
+    target_sentence,
     write_synthetic_docs,
     write_synthetic_products,
 )
@@ -428,3 +431,31 @@ def test_synthetic_generator_imports_neither_pyg_nor_transformers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_target_sentences_parse_back_into_their_slots():
+    from g4mm.data.synthetic import ImageAttributes
+
+    for count, shape in ((1, "circle"), (3, "square")):
+        attrs = ImageAttributes(shape=shape, colour="red", count=count, texture="plain",
+                                rgb=(200, 0, 0))  # fmt: skip
+        sentence = target_sentence("theater", "harbor", attrs)
+        assert parse_target_sentence(sentence) == {"topic": "theater", "parent": "harbor",
+            "count": COUNT_WORDS[count - 1], "colour": "red", "shape": shape}  # fmt: skip
+    assert parse_target_sentence("a sentence of another shape.") is None
+
+
+def test_slot_accuracy_counts_each_word_and_misses_unparsable_predictions():
+    reference = "the theater section under harbor shows three purple squares."
+    pairs = [
+        ("the theater section under library shows three purple squares.", reference),
+        ("the theater section under harbor shows two purple circles", reference),
+        ("purple squares", reference),  # unparsable: misses every slot
+        (reference, reference),
+    ]
+    assert slot_accuracy(pairs) == {"topic": 0.75, "parent": 0.5, "count": 0.5,
+                                    "colour": 0.75, "shape": 0.5}  # fmt: skip
+    with pytest.raises(ValueError, match="not a synthetic-docs target"):
+        slot_accuracy([("x", "not a target")])
+    with pytest.raises(ValueError, match="at least one"):
+        slot_accuracy([])

@@ -442,6 +442,11 @@ def test_grid_of_variants_is_repeatable(searched, artifact_dir, prep_root, tmp_p
     body = [line for line in ablation.splitlines() if line.startswith("| ") and "±" in line]
     assert [line.split(" | ")[0] for line in body] == [
         "| Text only (subgraph text)", "| Graph4MM Hop-Diffused (full)"]  # fmt: skip
+    # synthetic-docs: word accuracy per slot of the target sentence, from the predictions
+    slots = [line for line in ablation.splitlines()
+             if line.startswith("| ") and "±" not in line and line.endswith(" | 2 |")]  # fmt: skip
+    assert [line.split(" | ")[0] for line in slots] == [line.split(" | ")[0] for line in body]
+    assert all(0.0 <= float(v) <= 1.0 for line in slots for v in line.split(" | ")[1:6])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "grid" and summary["asha"] is None
     assert all(e["cache_hit"] for c in json.loads((out / "preprocess.json").read_text())

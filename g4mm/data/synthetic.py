@@ -63,6 +63,7 @@ import csv
 import functools
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,10 +86,13 @@ __all__ = [
     "COUNT_WORDS",
     "PRODUCT_CLASS_NAMES",
     "SHAPES",
+    "TARGET_SLOTS",
     "corpus_texts",
     "lm_copy_documents",
+    "parse_target_sentence",
     "random_render_attributes",
     "render_image",
+    "slot_accuracy",
     "write_synthetic_docs",
     "write_synthetic_products",
 ]
@@ -455,6 +459,42 @@ def target_sentence(topic: str, parent_topic: str, attrs: ImageAttributes) -> st
     noun = attrs.shape if attrs.count == 1 else attrs.shape + "s"
     count = COUNT_WORDS[attrs.count - 1]
     return f"the {topic} section under {parent_topic} shows {count} {attrs.colour} {noun}."
+
+
+#: The words of a target sentence (:func:`target_sentence`), in order.
+TARGET_SLOTS: tuple[str, ...] = ("topic", "parent", "count", "colour", "shape")
+_TARGET = re.compile(
+    r"^the (?P<topic>\S+) section under (?P<parent>\S+) shows (?P<count>\S+) (?P<colour>\S+) "
+    r"(?P<shape>\S+?)s?\.?$"
+)
+
+
+def parse_target_sentence(text: str) -> dict[str, str] | None:
+    """The slots of a sentence shaped like :func:`target_sentence` (the shape's plural ``s``
+    and the full stop are optional), or None for any other text."""
+    match = _TARGET.match(text.strip())
+    return None if match is None else match.groupdict()
+
+
+def slot_accuracy(pairs: Iterable[tuple[str, str]]) -> dict[str, float]:
+    """Per :data:`TARGET_SLOTS`, the share of ``(prediction, reference)`` pairs whose
+    prediction has the reference's word there (an unparsable prediction misses every slot).
+
+    Raises:
+        ValueError: a reference is not a target sentence, or there are no pairs.
+    """
+    hits, total = dict.fromkeys(TARGET_SLOTS, 0), 0
+    for prediction, reference in pairs:
+        ref = parse_target_sentence(reference)
+        if ref is None:
+            raise ValueError(f"not a synthetic-docs target sentence: {reference!r}")
+        pred = parse_target_sentence(prediction) or {}
+        for slot in TARGET_SLOTS:
+            hits[slot] += pred.get(slot) == ref[slot]
+        total += 1
+    if total == 0:
+        raise ValueError("slot_accuracy needs at least one (prediction, reference) pair")
+    return {slot: hits[slot] / total for slot in TARGET_SLOTS}
 
 
 def _filler_first(sec: _Section, page_topic: str, rng: np.random.Generator) -> str:

@@ -19,6 +19,7 @@ from g4mm.tune.report import (
     ablation_table,
     param_importances,
     plot_sweep,
+    slot_accuracy_table,
     write_ablation,
     write_importances,
 )
@@ -50,7 +51,12 @@ def write_outputs(
         if spec.grid
         else f"test metrics of each variant's best trial by {spec.metric}"
     )
-    write_ablation(output, table, metrics, f"{cfg.name}; {caption}")
+    slots = (
+        slot_accuracy_table(table, output / "trials")
+        if cfg.data.dataset == "synthetic-docs" and table
+        else []
+    )
+    write_ablation(output, table, metrics, f"{cfg.name}; {caption}", slots)
     plot_sweep(output, records, space, spec.metric)
     return {
         "best_trial": best.trial_id if best else None,

@@ -32,6 +32,7 @@ __all__ = [
     "ablation_table",
     "param_importances",
     "plot_sweep",
+    "slot_accuracy_table",
     "write_ablation",
     "write_importances",
 ]
@@ -210,8 +211,10 @@ def write_ablation(
     rows: Sequence[Mapping[str, Any]],
     metric_names: Sequence[str],
     caption: str,
+    extra_lines: Sequence[str] = (),
 ) -> tuple[Path, Path]:
-    """``ablation.md`` (variant x metrics, the paper's layout) and ``ablation.csv``."""
+    """``ablation.md`` (variant x metrics, the paper's layout, then ``extra_lines``) and
+    ``ablation.csv``."""
     out_dir = Path(out_dir)
     titles = [METRIC_TITLES.get(m, m) for m in metric_names]
     lines = [
@@ -232,6 +235,7 @@ def write_ablation(
         lines.append(f"| {row['title']} | " + " | ".join(cells) + f" | {row['trials']} |")
     if not rows:
         lines.append("| (no completed trial) |" + " |" * len(titles) + " |")
+    lines.extend(extra_lines)
     md = out_dir / "ablation.md"
     md.write_text("\n".join(lines) + "\n")
     csv_path = out_dir / "ablation.csv"
@@ -241,6 +245,35 @@ def write_ablation(
         body.append(",".join("" if row.get(k) is None else str(row.get(k)) for k in header))
     csv_path.write_text("\n".join(body) + "\n")
     return md, csv_path
+
+
+def slot_accuracy_table(rows: Sequence[Mapping[str, Any]], trials_dir: Path) -> list[str]:
+    """Markdown lines: per ablation row, the word accuracy of each slot of the synthetic-docs
+    target sentence (:func:`g4mm.data.synthetic.slot_accuracy`) on the test predictions of
+    its trials (``<trials_dir>/<trial_id>/predictions.jsonl``), mean over those trials."""
+    from g4mm.data.synthetic import TARGET_SLOTS, slot_accuracy
+
+    lines = [
+        "",
+        'Word accuracy per slot of "the <topic> section under <parent> shows <count> <colour> '
+        '<shape>s" (test predictions, mean over the trials):',
+        "",
+        "| Variant | " + " | ".join(TARGET_SLOTS) + " | trials |",
+        "|---|" + "---|" * len(TARGET_SLOTS) + "---|",
+    ]
+    for row in rows:
+        per_trial = []
+        for trial_id in row["trial_ids"]:
+            path = trials_dir / trial_id / "predictions.jsonl"
+            if path.is_file():
+                records = [json.loads(line) for line in path.read_text().splitlines() if line]
+                per_trial.append(slot_accuracy((r["prediction"], r["reference"]) for r in records))
+        cells = [
+            f"{statistics.fmean(t[slot] for t in per_trial):.2f}" if per_trial else "–"
+            for slot in TARGET_SLOTS
+        ]
+        lines.append(f"| {row['title']} | " + " | ".join(cells) + f" | {len(per_trial)} |")
+    return lines
 
 
 # --------------------------------------------------------------------------------- plots
