@@ -282,6 +282,28 @@ def test_the_tiny_lm_corpus_holds_train_samples_only(ray_local):
     )
 
 
+def test_source_fingerprint_covers_images_outside_the_input(tmp_path):
+    """A parquet image_path or a manifest row may name an image anywhere: changing it must
+    change the fingerprint (the input directory's listing does not see it)."""
+    from g4mm.pipeline.cache import source_fingerprint
+
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    data.mkdir()
+    elsewhere.mkdir()
+    outside = elsewhere / "a.png"
+    Image.new("RGB", (4, 4)).save(outside)
+    table = {"id": ["a", "b"], "text": ["t", "u"], "split": ["train", "val"],
+             "image_path": [str(outside), "inside.png"]}  # fmt: skip
+    pq.write_table(pa.table(table), data / "nodes.parquet")
+    (data / "manifest.csv").write_text(f"url,path\nhttp://x/a.png,{outside}\n")
+    for dataset in ("parquet", "wikiweb2m"):
+        cfg = load_config("smoke", [f"data.dataset={dataset}", f"data.input={data}"])
+        before = source_fingerprint(cfg)
+        assert [f[0] for f in before["outside_files"]] == [str(outside)], dataset
+        Image.new("RGB", (8, 8), (255, 0, 0)).save(outside)
+        assert source_fingerprint(cfg) != before, dataset
+
+
 def test_cache_key_none_until_tiny_backbones_exist(tmp_path):
     assert cache_key(load_config("smoke", [f"data.artifact_dir={tmp_path}"])) is None
 

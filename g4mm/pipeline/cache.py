@@ -91,7 +91,43 @@ def source_fingerprint(cfg: ExperimentConfig) -> dict[str, Any]:
     if d.images is not None and Path(d.images).resolve() != Path(d.input).resolve():
         src["images"] = str(Path(d.images).resolve())
         src["image_files"] = _listing(Path(d.images))
+    outside = _images_outside(d)
+    if outside:
+        src["outside_files"] = outside
     return src
+
+
+def _images_outside(d: Any) -> list[tuple[str, int, int] | tuple[str, str]]:
+    """``(path, size, mtime_ns)`` (or ``(path, "missing")``) of every image the source refers
+    to by a path outside its input and images directories, which their listings miss: a
+    parquet ``image_path`` or a WikiWeb2M ``manifest.csv`` row may be absolute."""
+    input_dir = Path(d.input).resolve()
+    roots = [input_dir if input_dir.is_dir() else input_dir.parent]
+    if d.images is not None:
+        roots.append(Path(d.images).resolve())
+    refs: list[Path] = []
+    if d.dataset == "parquet" and (input_dir / "nodes.parquet").is_file():
+        import pyarrow.parquet as pq
+
+        nodes = input_dir / "nodes.parquet"
+        if "image_path" in pq.read_schema(nodes).names:
+            column = pq.read_table(nodes, columns=["image_path"]).column("image_path")
+            refs = [input_dir / p for p in column.to_pylist() if p and str(p).strip()]
+    elif d.dataset == "wikiweb2m":
+        from g4mm.data.images import load_manifest  # PIL, no torch
+
+        images_dir = d.images or (d.input if input_dir.is_dir() else None)
+        refs = list(load_manifest(images_dir).values())
+    out: list[tuple[str, int, int] | tuple[str, str]] = []
+    for ref in sorted({Path(os.path.normpath(r)) for r in refs}):
+        if any(ref.is_relative_to(root) for root in roots):
+            continue
+        if ref.is_file():
+            st = ref.stat()
+            out.append((str(ref), st.st_size, st.st_mtime_ns))
+        else:
+            out.append((str(ref), "missing"))
+    return out
 
 
 def _backbone_fingerprint(name: str, kind: str, artifact_dir: str) -> dict[str, Any] | None:
