@@ -29,7 +29,7 @@ from g4mm.config import CUDA_GRAPH_MODES
 from g4mm.model.inputs import Graph4MMInputs
 from g4mm.train.checkpoint import training_state
 from g4mm.train.grad_sync import GradientAllReduce
-from g4mm.train.optim import build_optimizer, build_scheduler, current_lr, store_lr
+from g4mm.train.optim import build_optimizer, build_scheduler, lr_of_last_step, store_lr
 from g4mm.train.step_graph import GraphedTrainStep
 from g4mm.train.transfer import to_device
 
@@ -284,7 +284,7 @@ def train_loop(
                     log(
                         f"step {step}/{train_cfg.max_steps} loss {loss:.4f} "
                         f"{rate:.1f} samples/s {window_tokens / max(elapsed, 1e-9):.0f} tok/s "
-                        f"lr {current_lr(scheduler):.2e} eta {format_eta(eta)}"
+                        f"lr {lr_of_last_step(scheduler):.2e} eta {format_eta(eta)}"
                     )
                 last_loss, last_rate = loss, rate
                 window_loss.zero_()
@@ -295,7 +295,7 @@ def train_loop(
                     "step": step,
                     "train_loss": last_loss,
                     "samples_per_s": last_rate,
-                    "lr": current_lr(scheduler),
+                    "lr": lr_of_last_step(scheduler),
                     "resumed_from_step": resumed_from,
                     "elapsed_s": time.perf_counter() - run_start,
                 }

@@ -41,9 +41,11 @@ def store_lr(optimizer: torch.optim.Optimizer, as_tensor: bool) -> None:
         group["capturable"] = as_tensor
 
 
-def current_lr(scheduler: Any) -> float:
-    """The scheduler's last learning rate as a float (a tensor lr is read once: a sync)."""
-    return float(scheduler.get_last_lr()[0])
+def lr_of_last_step(scheduler: Any) -> float:
+    """The learning rate the last optimizer step used (param group 0), from the schedule
+    itself: ``base_lr * f(last_epoch - 1)`` (``scheduler.step()`` has already moved on to the
+    next step's value; no read of a tensor lr, so no device sync)."""
+    return scheduler.base_lrs[0] * scheduler.lr_lambdas[0](scheduler.last_epoch - 1)
 
 
 def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_ratio: float = 0.1) -> float:
