@@ -18,6 +18,7 @@ replays.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import time
@@ -121,7 +122,10 @@ def ddp_step_graph_check(device: str, timeout_s: float = 150) -> tuple[str, str,
     logs = ranks[0][True]["logs"]
     summary = next((line for line in logs if "graphs recorded" in line), "no step graph log")
     bypass = any("gradients averaged by one all-reduce" in line for line in logs)
-    ok = same and bypass and moved > 0 and apart <= 0.01 * moved and "failed" not in summary
+    replays = re.search(r"(\d+) replays", summary)
+    replayed = replays is not None and int(replays.group(1)) > 0  # recorded steps really ran
+    ok = (same and bypass and replayed and moved > 0 and apart <= 0.01 * moved
+          and "failed" not in summary)  # fmt: skip
     result = (f"{summary[12:]}; ranks identical {same}; step graph {apart / max(moved, 1e-12):.1e}"
               " of the plain DDP run's movement from it")  # fmt: skip
     return what, result, "PASS" if ok else "FAIL"

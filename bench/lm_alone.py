@@ -64,17 +64,14 @@ def lm_work_inputs(model: Graph4MM, batch: int, tokens: int, targets: int, seed:
     return embeds.requires_grad_(True), predictor.expand(batch, -1), ids, torch.ones_like(ids)
 
 
-_traced_under_cudnn = [False]  # the SDPA setting of the code in dynamo's cache (flash first)
-
-
-def trace_under(cudnn: bool) -> None:
-    """Before a compiled run: drop dynamo's compiled code if it was traced under the other
-    SDPA setting. Dynamo does not guard on the SDPA backends (checked: a function compiled
-    under one backend list is reused under another), so the code would keep the kernels it
-    was traced with; dropping it only on a change keeps recompilations to the switches."""
-    if _traced_under_cudnn[0] != cudnn:
-        torch._dynamo.reset()
-        _traced_under_cudnn[0] = cudnn
+def fresh_dynamo() -> None:
+    """Before every compiled row: drop all of dynamo's state. Dynamo shares compiled code
+    across modules of one class (a new model's forward reuses the last row's code), and with
+    it the sequence lengths it has seen: a row that saw two lengths leaves the LM compiled for
+    any length (dynamic shapes), which later rows at one length would then run. It also does
+    not guard on the SDPA backends (code traced under flash would serve a cuDNN row). Inductor's
+    on-disk cache keeps the recompilation cheap."""
+    torch._dynamo.reset()
 
 
 def sdpa_kernel_name(lm: Any, batch: int, tokens: int, cudnn: bool) -> str:
@@ -120,7 +117,7 @@ def time_lm_alone(
     stored as training stores it; restores fp32 storage and eager mode afterwards."""
     model.cast_frozen(frozen_dtype_for(device, "auto", "auto"))
     if plan.compile_lm:
-        trace_under(plan.cudnn)
+        fresh_dynamo()
     model.compile_parts(plan.compile_lm, scope="lm")
     inputs = lm_work_inputs(model, batch, tokens, targets)
     kernel = sdpa_kernel_name(model.lm, batch, tokens, plan.cudnn)

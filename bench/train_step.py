@@ -59,6 +59,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import random
 import sys
@@ -82,7 +83,7 @@ from common import (
     print_table,
     sync,
 )
-from lm_alone import LMAlone, sdpa_kernel_name, time_lm_alone, trace_under
+from lm_alone import LMAlone, fresh_dynamo, sdpa_kernel_name, time_lm_alone
 
 from g4mm.config import COMPILE_MODES, CUDA_GRAPH_MODES, ExperimentConfig
 from g4mm.data.collate import length_bucketed_batches
@@ -307,16 +308,24 @@ def time_ours(
     with the clock and stopped after the last timed step (warm-up, compilation and recording
     stay out of it)."""
     notes: list[str] = []
+    steps = math.ceil(steps / len(batches)) * len(batches)  # every batch timed equally often
     if plan.step_graph:  # every shape recorded before the timed window
         warmup = max(warmup, steps_until_recorded(batches, ExperimentConfig().train.step_graph_pad))
     marks: dict[str, float] = {}
 
-    def start_clock(step: int) -> None:
+    def clock(step: int) -> None:
+        """Start after the warm-up's last step, stop after the last timed step (before the
+        loop's closing evaluation and checkpoint, which are not a training step)."""
         if step == warmup:
             sync(device)
             if profiler is not None:
                 profiler.start()
             marks["start"] = time.perf_counter()
+        elif step == warmup + steps:
+            sync(device)
+            marks["end"] = time.perf_counter()
+            if profiler is not None:
+                profiler.stop()
 
     model.compile_parts(False)
     model.cast_frozen(frozen_dtype_for(device, "auto", plan.frozen))
@@ -329,7 +338,7 @@ def time_ours(
         width = first.prompt_ids.shape[1] + q + first.target_ids.shape[1]
         kernel = f"SDPA {sdpa_kernel_name(model.lm, first.batch_size, width, cudnn=True)}"
     if plan.compile_lm:
-        trace_under(plan.cudnn)
+        fresh_dynamo()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     train_loop(
@@ -340,12 +349,9 @@ def time_ours(
         device=device,
         report=lambda metrics, state: None,
         log=notes.append,
-        on_step=start_clock,
+        on_step=clock,
     )  # fmt: skip
-    sync(device)
-    seconds = time.perf_counter() - marks["start"]
-    if profiler is not None:
-        profiler.stop()
+    seconds = marks["end"] - marks["start"]
     used = list(itertools.islice(itertools.cycle(batches), warmup, warmup + steps))
     samples = sum(b.batch_size for b in used)
     real = [(int(b.prompt_mask.sum()), int(b.target_mask.sum())) for b in used]
@@ -714,7 +720,10 @@ def parser() -> argparse.ArgumentParser:
         help="official_shaped_step.py; '' skips the official rows",
     )
     p.add_argument("--batch", type=int, nargs="+", help="batch sizes (default 8 32; quick 2 8)")
-    p.add_argument("--steps", type=int, help="timed optimizer steps (default 20; quick 4)")
+    p.add_argument(
+        "--steps", type=int,
+        help="timed optimizer steps (default 20; quick 8), rounded up to whole --batches cycles",
+    )  # fmt: skip
     p.add_argument("--warmup", type=int, help="warm-up steps (default 3; quick 1)")
     p.add_argument("--official-steps", type=int, help="anchor timeit steps (default 10; quick 3)")
     p.add_argument("--batches", type=int, default=16, help="distinct batches cycled through")

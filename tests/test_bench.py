@@ -149,31 +149,35 @@ def test_lm_alone_does_exactly_the_lm_flops_the_rows_count():
     assert torch.isfinite(loss) and grad.shape == inputs[0].shape and grad.abs().sum() > 0
 
 
-def test_compiled_code_is_traced_afresh_only_when_the_sdpa_setting_changes():
-    """Dynamo reuses code traced under one SDPA backend list under another (so a cuDNN row
-    would run flash code); ``trace_under`` drops the cache on a switch, and only then."""
-    from torch._dynamo.testing import CompileCounter
-
+def test_every_compiled_row_starts_from_a_fresh_dynamo():
+    """Dynamo shares code across wrappers of one function (a new model's forward), with the
+    lengths it has seen: after two lengths, a new wrapper runs the dynamic-shape code at one
+    length, and code traced under flash serves a cuDNN row. ``fresh_dynamo`` drops both."""
     from g4mm.train.loop import training_sdpa
 
-    counter = CompileCounter()
-    attend = torch.compile(
-        lambda q: torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True),
-        backend=counter,
-    )
-    q = torch.randn(1, 2, 8, 4)
-    lm_alone.trace_under(False)
-    attend(q)
+    dynamic: list[bool] = []
+
+    def backend(gm, inputs):
+        sizes = [s for x in inputs if isinstance(x, torch.Tensor) for s in x.shape]
+        dynamic.append(any(isinstance(v, torch.SymInt) for v in [*inputs, *sizes]))
+        return gm.forward
+
+    def attend(q):
+        return torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+
+    lm_alone.fresh_dynamo()
+    earlier_row = torch.compile(attend, backend=backend)
+    earlier_row(torch.randn(1, 2, 8, 4))
+    earlier_row(torch.randn(1, 2, 12, 4))  # a second length: compiled for any length
+    assert dynamic == [False, True]
+    torch.compile(attend, backend=backend)(torch.randn(1, 2, 8, 4))
+    assert dynamic == [False, True]  # a new wrapper reused the dynamic code: not compiled
     with training_sdpa(cudnn=True):
-        attend(q)
-    assert counter.frame_count == 1  # not retraced: the reason for trace_under
-    frames = []
-    for cudnn in (True, True, False):
-        lm_alone.trace_under(cudnn)
-        with training_sdpa(cudnn):
-            attend(q)
-        frames.append(counter.frame_count)
-    assert frames == [2, 2, 3]
+        torch.compile(attend, backend=backend)(torch.randn(1, 2, 8, 4))
+    assert len(dynamic) == 2  # nor under another SDPA setting
+    lm_alone.fresh_dynamo()
+    torch.compile(attend, backend=backend)(torch.randn(1, 2, 8, 4))
+    assert dynamic == [False, True, False]  # traced afresh, for this one length
 
 
 # ----------------------------------------------------------------------------- diffusion

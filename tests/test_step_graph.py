@@ -179,3 +179,28 @@ def test_batches_already_on_the_device_are_not_pinned(tiny_backbones, tokenizer)
     assert all(pinned(t) is t for t in on_device.tensors())
     static = on_device.map_tensors(torch.empty_like)
     copy_batch_(static, on_device)  # device -> device: no pinning on the way
+
+
+def test_compile_with_the_step_graph_traces_the_lm_once_at_the_padded_shape(
+    tiny_backbones, tokenizer
+):
+    """The compile probe runs the batch at the shape the recorded steps will run (padded):
+    probing at the raw width made dynamo trace a second length and compile the LM for every
+    length (dynamic shapes) where one static shape was all the steps needed."""
+    from torch._dynamo.utils import counters
+
+    model = make_model(tiny_backbones).train()
+    batches = [batch_for(model, tokenizer, b=3, seed=i, prompt_len=7, target_len=5)
+               for i in range(3)]  # fmt: skip
+    assert graph_shape(batches[0], 4) == (8, 8) and batches[0].prompt_ids.shape[1] == 7
+    cfg = step_graph_config(3, graphed=True)
+    cfg.train.compile = True
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        train_loop(model=model, batches=iter(batches * 3), cfg=cfg, device=CPU,
+                   report=lambda m, s: None, log=lambda _: None)  # fmt: skip
+        assert counters["stats"]["unique_graphs"] == 1
+    finally:
+        model.compile_parts(False)
+        torch._dynamo.reset()

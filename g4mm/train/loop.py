@@ -30,7 +30,7 @@ from g4mm.model.inputs import Graph4MMInputs
 from g4mm.train.checkpoint import training_state
 from g4mm.train.grad_sync import GradientAllReduce
 from g4mm.train.optim import build_optimizer, build_scheduler, lr_of_last_step, store_lr
-from g4mm.train.step_graph import GraphedTrainStep
+from g4mm.train.step_graph import GraphedTrainStep, graph_shape
 from g4mm.train.transfer import to_device
 
 Report = Callable[[dict[str, Any], dict[str, Any] | None], None]
@@ -227,8 +227,13 @@ def train_loop(
         if getattr(train_cfg, "compile", False):
             first = next(batches)
             batches = itertools.chain([first], batches)
+            # probe at the shape the steps will run: recorded steps run padded batches, and a
+            # second length would make dynamo compile the LM for every length (dynamic shapes)
+            probe = (
+                first.padded_to(*graph_shape(first, train_cfg.step_graph_pad)) if graphed else first
+            )
             compile_or_fallback(
-                model, first, device, train_cfg.precision, log,
+                model, probe, device, train_cfg.precision, log,
                 train_cfg.compile_scope, train_cfg.compile_mode,
             )  # fmt: skip
         compile_mode = train_cfg.compile_mode if getattr(train_cfg, "compile", False) else "default"
