@@ -1,6 +1,6 @@
 """Every GPU benchmark and device check in one command, printed as one table with the targets.
 
-    python bench/gpu_all.py --anchor PATH/official_shaped_step.py [--json PATH]
+    python bench/gpu_all.py [--anchor PATH/official_shaped_step.py] [--json PATH]
     python bench/gpu_all.py --quick          # the same on CPU-sized shapes (CI, no GPU)
 
 Runs, in one process (Ray-free: torch, transformers and torch_geometric only):
@@ -28,9 +28,9 @@ the targets are GPU targets. Took 169 s on one H100 (2026-11-27, bench/RESULTS.m
 LM-alone, cuDNN and profile rows were added; the whole script is meant to fit one 600 s device
 call (target < 480 s).
 
-The anchor script lives outside this repository (``../shared/anchors/``); on a machine with
-only the repository copy it next to the checkout and pass its path. Without it the official
-rows and the 30x verdict are missing; everything else runs.
+The anchor script is ``bench/anchors/official_shaped_step.py`` (a verbatim copy of the
+project's ``shared/anchors/`` one; the default ``--anchor``). Without it the official rows and
+the 30x verdict are missing; everything else runs.
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def write_json(path: Path, device: torch.device, rows: list[list[Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--anchor", default=str(train_step.DEFAULT_ANCHOR),
-                   help="official_shaped_step.py (default ../shared/anchors/...)")  # fmt: skip
+                   help="official_shaped_step.py (default bench/anchors/...)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="CPU-sized shapes, verdicts 'info'")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     p.add_argument("--only", nargs="+", choices=SECTIONS, help="run these sections only")

@@ -46,12 +46,12 @@ under bf16 autocast), fp32 on CPU (everything runs in fp32 there). The official 
 same per-sample LM FLOPs (its extra encoder and padded-logit work is not useful work).
 
 Usage:
-    python bench/train_step.py [--anchor ../shared/anchors/official_shaped_step.py]
+    python bench/train_step.py [--anchor bench/anchors/official_shaped_step.py]
         [--batch 8 32] [--steps 20] [--compile] [--step-graph] [--json PATH]
     python bench/train_step.py --quick       # CPU-sized shapes, under a minute
 
-The anchor is not part of this repository: on a machine that has only the repository, copy it
-anywhere and pass ``--anchor PATH``.
+The anchor is a verbatim copy of the project's ``shared/anchors/official_shaped_step.py`` in
+``bench/anchors/`` (the default ``--anchor``; see its README).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ from g4mm.train.host_syncs import audit_training_step
 from g4mm.train.loop import frozen_dtype_for, train_loop
 from g4mm.train.step_graph import GRAPH_WARMUP, graph_shape
 
-DEFAULT_ANCHOR = Path(__file__).resolve().parents[2] / "shared/anchors/official_shaped_step.py"
+DEFAULT_ANCHOR = Path(__file__).resolve().parent / "anchors" / "official_shaped_step.py"
 HEADERS = [
     "step",
     "batch",

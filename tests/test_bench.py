@@ -34,7 +34,7 @@ from g4mm.data.collate import GraphCollator, length_bucketed_batches  # noqa: E4
 from g4mm.data.schema import feature_key  # noqa: E402
 from g4mm.model.encoders import image_feature_dim, text_feature_dim  # noqa: E402
 
-ANCHOR = train_step.DEFAULT_ANCHOR
+ANCHOR = train_step.DEFAULT_ANCHOR  # bench/anchors/: in the repository
 
 
 @pytest.fixture(autouse=True)
@@ -58,10 +58,9 @@ def finite_positive(value) -> bool:
 
 
 def test_train_step_quick_prints_ours_beside_the_official_step(tmp_path, capsys):
-    anchor = str(ANCHOR) if ANCHOR.is_file() else ""
     out_json = tmp_path / "train.json"
     args = ["--quick", "--batch", "2", "--steps", "2", "--warmup", "1", "--official-steps", "2",
-            "--step-graph", "--anchor", anchor, "--json", str(out_json)]  # fmt: skip
+            "--step-graph", "--anchor", str(ANCHOR), "--json", str(out_json)]  # fmt: skip
     assert train_step.main(args) == 0
     assert header_of(capsys.readouterr().out, "step") == train_step.HEADERS
     result = json.loads(out_json.read_text())
@@ -74,7 +73,6 @@ def test_train_step_quick_prints_ours_beside_the_official_step(tmp_path, capsys)
     for r in rows:
         for key in ("samples_s", "tokens_s", "tflops", "mfu"):
             assert finite_positive(r[key]), (r["step"], key, r[key])
-        assert r["mfu"] < 1.5  # against the measured matmul rate: never far above it
     alone = [r for r in rows if r.get("kind") == "lm alone"]
     assert [r["step"] for r in alone] == ["frozen LM alone"]  # CPU: no graph or cuDNN rows
     assert all("x_official" not in r for r in alone)  # not a training step
@@ -82,9 +80,9 @@ def test_train_step_quick_prints_ours_beside_the_official_step(tmp_path, capsys)
     # at most 64 + 16 tokens per sample; full rows hold exactly 80, and the two rates'
     # ratio may land an ulp above it (failed once in a fresh clone: not a real excess)
     assert all(r["tokens_s"] / r["samples_s"] <= 80 * (1 + 1e-9) for r in ours)
-    if anchor:
-        assert any(r["step"] == "official-shaped fp32" for r in rows)
-        assert all(finite_positive(r["x_official"]) for r in ours)
+    official = [r for r in rows if r["step"] == "official-shaped fp32"]
+    assert [r["batch"] for r in official] == [2]
+    assert all(finite_positive(r["x_official"]) for r in ours)
     assert finite_positive(result["meta"]["peak_tflops"])
 
 
