@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch_geometric.utils import erdos_renyi_graph
 
 from g4mm.model.hop_attention import (
@@ -236,15 +238,32 @@ def test_gradients_flow_and_match_finite_differences():
     assert torch.autograd.gradcheck(lambda t: layer.forward_sparse(t, edge_index), (x[0],))
 
 
+class _LargestTensor(TorchDispatchMode):
+    """Records the most elements of any tensor an op produces inside the block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numel, self.op = 0, None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.numel() > self.numel:
+                self.numel, self.op = t.numel(), func
+        return out
+
+
 def test_sparse_path_never_builds_an_n_by_n_tensor():
-    """100k nodes: a dense N x N float would need 40 GB; the sparse path needs O(|E| d)."""
+    """100k nodes: a dense N x N float would need 40 GB; the sparse path's largest tensor is
+    O(|E'| d) (E' = E + N with the self-loops), seen at the dispatcher, whatever the RAM."""
     torch.manual_seed(10)
     layer = HopDiffusedAttention(16, num_heads=2, alpha=0.1, num_hops=3).float().eval()
-    n = 100_000
-    edge_index = torch.randint(0, n, (2, 300_000))
-    with torch.no_grad():
-        out = layer.forward_sparse(torch.randn(n, 16, dtype=torch.float32), edge_index)
-    assert out.shape == (n, 16) and torch.isfinite(out).all()
+    n, e, d = 100_000, 300_000, 16
+    edge_index = torch.randint(0, n, (2, e))
+    with torch.no_grad(), _LargestTensor() as largest:
+        out = layer.forward_sparse(torch.randn(n, d, dtype=torch.float32), edge_index)
+    assert out.shape == (n, d) and torch.isfinite(out).all()
+    assert largest.numel <= (e + n) * d, (largest.numel, largest.op)
 
 
 def test_sparse_on_a_pyg_random_graph_matches_dense():

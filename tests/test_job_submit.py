@@ -147,3 +147,5 @@ def test_ray_job_submit_trains_the_smoke_config(cluster, artifact_dir, tmp_path)
     no_token["HOME"] = str(tmp_path)  # no ~/.ray/auth_token there
     denied = _ray(no_token, "job", "list", "--address", address)
     assert denied.returncode != 0, denied.stdout
+    refusal = (denied.stdout + denied.stderr).lower()
+    assert any(word in refusal for word in ("401", "unauthori", "token")), refusal[-2000:]
