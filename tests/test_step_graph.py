@@ -204,3 +204,16 @@ def test_compile_with_the_step_graph_traces_the_lm_once_at_the_padded_shape(
     finally:
         model.compile_parts(False)
         torch._dynamo.reset()
+
+
+def test_resumed_step_counts_move_to_the_parameters_device():
+    """load_state_dict places AdamW's step counts by the saved groups' flags: a checkpoint
+    from a CPU run keeps them on the CPU; a capturable step on another device needs them
+    there (the meta device stands in for a GPU here)."""
+    param = torch.nn.Parameter(torch.zeros(3, device="meta"))
+    optimizer = torch.optim.AdamW([param], lr=1e-3)
+    optimizer.state[param] = {"step": torch.tensor(7.0), "exp_avg": torch.zeros(3, device="meta")}
+    store_lr(optimizer, as_tensor=True)
+    step = optimizer.state[param]["step"]
+    assert step.device.type == "meta" and step.dtype == torch.float32
+    assert optimizer.param_groups[0]["lr"].device.type == "meta"

@@ -30,8 +30,11 @@ def store_lr(optimizer: torch.optim.Optimizer, as_tensor: bool) -> None:
     """Hold each param group's current ``lr`` in a 0-dim tensor on its parameters' device
     (``as_tensor``; the scheduler then updates it in place with ``fill_``, which a recorded
     CUDA graph sees, while a Python float would stay frozen at its value at capture), or as
-    a float. Also sets the groups' ``capturable`` flag to match. Call after building or after
-    ``load_state_dict`` (a checkpoint keeps whichever form it was saved with)."""
+    a float. Also sets the groups' ``capturable`` flag to match, and with ``as_tensor`` puts
+    each parameter's AdamW step count on its device (``load_state_dict`` places it by the
+    SAVED groups' flags: a checkpoint from a CPU run keeps it on the CPU, which a capturable
+    or fused CUDA step cannot use). Call after building or after ``load_state_dict`` (a
+    checkpoint keeps whichever form it was saved with)."""
     for group in optimizer.param_groups:
         lr, device = group["lr"], group["params"][0].device
         if as_tensor and not (isinstance(lr, torch.Tensor) and lr.device == device):
@@ -39,6 +42,13 @@ def store_lr(optimizer: torch.optim.Optimizer, as_tensor: bool) -> None:
         elif not as_tensor and isinstance(lr, torch.Tensor):
             group["lr"] = float(lr)
         group["capturable"] = as_tensor
+        if not as_tensor:
+            continue
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            step = state.get("step")
+            if isinstance(step, torch.Tensor) and step.device != param.device:
+                state["step"] = step.to(param.device, torch.float32)
 
 
 def lr_of_last_step(scheduler: Any) -> float:

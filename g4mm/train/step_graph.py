@@ -141,6 +141,9 @@ class GraphedTrainStep:
         self.device = self.params[0].device
         self.on_cuda = self.device.type == "cuda"
         self._side = torch.cuda.Stream(self.device) if self.on_cuda else None
+        # recordings run on a stream of our own on the parameters' device (torch's default
+        # capture stream is made on the current device, which need not be ours)
+        self._capture = torch.cuda.Stream(self.device) if self.on_cuda else None
         # one memory pool for all graphs: the pieces replay one after another, never at once
         self._pool = torch.cuda.graph_pool_handle() if self.on_cuda else None
 
@@ -222,7 +225,12 @@ class GraphedTrainStep:
         graph = torch.cuda.CUDAGraph()
         try:
             torch.cuda.synchronize(self.device)
-            with torch.cuda.graph(graph, pool=self._pool):
+            # the outer context restores the current stream even when the capture fails: a
+            # failing capture_end leaves torch.cuda.graph's own stream context unexited
+            with (
+                torch.cuda.stream(self._capture),
+                torch.cuda.graph(graph, pool=self._pool, stream=self._capture),
+            ):
                 loss = self._body(static)
         except Exception as err:  # capture errors surface as several exception types
             torch.cuda.synchronize(self.device)
