@@ -42,17 +42,18 @@ IGNORE_INDEX = -100
 PACKED_LM_TYPES = frozenset({"opt", "llama"})
 
 
-def left_align(embeds: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Move each row's padding columns to its front, keeping both groups in column order.
-
-    ``embeds`` (B, P, D), ``mask`` (B, P) with True on real columns; the sort key is the
-    column index c for a real column and c - P for padding (unique keys, so the order is
-    exact): row ``[a, pad, b, pad]`` becomes ``[pad, pad, a, b]``."""
-    columns = torch.arange(mask.shape[1], device=mask.device)
-    real = mask.bool()
-    order = torch.where(real, columns, columns - mask.shape[1]).argsort(dim=1)  # (B, P)
-    aligned = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))
-    return aligned, real.gather(1, order).to(mask.dtype)
+def partition_columns(embeds: Tensor, real: Tensor, real_first: bool) -> tuple[Tensor, Tensor]:
+    """Each row's columns reordered so that its real ones (``real`` (B, L), bool) come first
+    (``real_first``) or last, both groups keeping their column order: ``[a, pad, b, pad]``
+    becomes ``[a, b, pad, pad]`` or ``[pad, pad, a, b]``. Returns the reordered ``embeds``
+    (B, L, D) and ``real``. Sort key: the column index c for a real column, c + L (after the
+    real ones) or c - L (before them) for padding; the keys are unique, so the order is
+    exact."""
+    length = real.shape[1]
+    columns = torch.arange(length, device=real.device)
+    order = torch.where(real, columns, columns + (length if real_first else -length)).argsort(1)
+    moved = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))
+    return moved, real.gather(1, order)
 
 
 def target_loss(logits: Tensor, target_ids: Tensor, target_mask: Tensor) -> Tensor:
@@ -198,9 +199,9 @@ class Graph4MM(nn.Module):
 
         With ``left_aligned`` each row's prefix padding (the prompt's left padding and, for
         the baselines, the soft tokens of absent nodes, which sit after the real ones) moves
-        to the row's front (:func:`left_align`), so the prefix's last column is a real token:
-        the one that predicts the first target and the first generated token. The packed
-        pass reorders every row itself and skips it."""
+        to the row's front (:func:`partition_columns`), so the prefix's last column is a real
+        token: the one that predicts the first target and the first generated token. The
+        packed pass reorders every row itself and skips it."""
         embed = self.lm.get_input_embeddings()
         adapter = self.__dict__.get("_compiled_adapter")
         if adapter is None:
@@ -209,7 +210,8 @@ class Graph4MM(nn.Module):
         prefix = torch.cat([embed(inputs.prompt_ids), tokens.to(embed.weight.dtype)], dim=1)
         prefix_mask = torch.cat([inputs.prompt_mask, token_mask], dim=1)
         if left_aligned:
-            prefix, prefix_mask = left_align(prefix, prefix_mask)
+            prefix, real = partition_columns(prefix, prefix_mask.bool(), real_first=False)
+            prefix_mask = real.to(prefix_mask.dtype)
         parts, masks = [prefix], [prefix_mask]
         if with_targets:
             parts.append(embed(inputs.target_ids))
@@ -228,14 +230,10 @@ class Graph4MM(nn.Module):
         """
         embeds, mask, _ = self._sequence(inputs, with_targets=True, left_aligned=False)
         real = mask.bool()
-        length = real.shape[1]
+        packed, _ = partition_columns(embeds, real, real_first=True)
         slot = real.long().cumsum(1) - 1  # (B, L): packed position of each real column
-        columns = torch.arange(length, device=real.device)
-        # sort key: real tokens by their slot, then padding in column order (keys are unique)
-        order = torch.where(real, slot, length + columns).argsort(dim=1)  # (B, L)
-        packed = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))
         num_targets = inputs.target_ids.shape[1]
-        predictor = (slot[:, length - num_targets :] - 1).clamp(min=0)  # (B, T)
+        predictor = (slot[:, real.shape[1] - num_targets :] - 1).clamp(min=0)  # (B, T)
         return packed, predictor
 
     def _lm_hidden(self, embeds: Tensor) -> Tensor:
