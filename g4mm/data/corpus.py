@@ -32,7 +32,14 @@ from g4mm.data.synthetic import (
     random_render_attributes,
     render_image,
 )
-from g4mm.model.backbones import BACKBONES, BUILD_STAMP, BUILD_VERSION
+from g4mm.model.backbones import (
+    BACKBONES,
+    BUILD_STAMP,
+    BUILD_VERSION,
+    plain_recipe,
+    read_stamp,
+    stamp_is_current,
+)
 from g4mm.model.tiny import tiny_clip_vision, tiny_opt, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -192,38 +199,24 @@ def _atomic_save(target: Path, save, recipe: dict | None = None) -> None:
 
 
 def _is_current_build(directory: Path, recipe: dict | None = None) -> bool:
-    """A complete backbone directory written by this version of the build and, when
-    ``recipe`` is given, not built from another recipe (one built by hand records none and
-    is used as it is)."""
-    stamp = directory / BUILD_STAMP
-    if not ((directory / "config.json").is_file() and stamp.is_file()):
-        return False
-    info = json.loads(stamp.read_text())
-    if info.get("version") != BUILD_VERSION:
-        return False
-    return recipe is None or info.get("recipe") in (None, _plain(recipe))
-
-
-def built_recipe(directory: Path) -> dict | None:
-    """The recipe a tiny backbone in ``directory`` was built from (None: none recorded)."""
-    stamp = directory / BUILD_STAMP
-    return json.loads(stamp.read_text()).get("recipe") if stamp.is_file() else None
-
-
-def _plain(recipe: dict) -> dict:
-    """``recipe`` as its JSON round trip (tuples become lists), for comparing with a stamp."""
-    return json.loads(json.dumps(recipe, sort_keys=True, default=str))
+    """A complete backbone directory whose stamp is current (:func:`stamp_is_current`)."""
+    stamp = read_stamp(directory)
+    return (
+        (directory / "config.json").is_file()
+        and stamp is not None
+        and (stamp_is_current(stamp, recipe))
+    )
 
 
 def _stamp(path: Path, recipe: dict | None, **info: Any) -> None:
-    stamp = {"version": BUILD_VERSION, "recipe": None if recipe is None else _plain(recipe)}
+    stamp = {"version": BUILD_VERSION, "recipe": None if recipe is None else plain_recipe(recipe)}
     (path / BUILD_STAMP).write_text(json.dumps({**stamp, **info}, indent=1))
 
 
 def _rebuild_note(kind: str, directory: Path, recipe: dict | None) -> None:
     """Log why an existing tiny backbone is replaced: built for other data."""
-    old = built_recipe(directory)
-    if recipe is not None and old is not None and old != _plain(recipe):
+    old = (read_stamp(directory) or {}).get("recipe")
+    if recipe is not None and old is not None and old != plain_recipe(recipe):
         log.warning(
             "the tiny %s in %s was built for other data (%s); rebuilding it for %s. Give each "
             "dataset its own data.artifact_dir to keep both.",

@@ -21,6 +21,7 @@ does, before anything is loaded) costs no import.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -37,6 +38,25 @@ BUILD_VERSION = 2
 #: The JSON file in a built tiny backbone's directory: ``version``, the ``recipe`` (what it
 #: was built from; absent for a backbone built by hand) and training statistics.
 BUILD_STAMP = "g4mm_build.json"
+
+
+def plain_recipe(recipe: dict) -> dict:
+    """``recipe`` as its JSON round trip (tuples become lists), as a stamp holds it."""
+    return json.loads(json.dumps(recipe, sort_keys=True, default=str))
+
+
+def read_stamp(directory: Path) -> dict | None:
+    """The :data:`BUILD_STAMP` of a tiny backbone directory, or None when there is none."""
+    stamp = Path(directory) / BUILD_STAMP
+    return json.loads(stamp.read_text()) if stamp.is_file() else None
+
+
+def stamp_is_current(stamp: dict, recipe: dict | None = None) -> bool:
+    """Whether a stamp was written by this :data:`BUILD_VERSION` and, when ``recipe`` is
+    given, not from another recipe (a backbone built by hand records none: used as it is)."""
+    if stamp.get("version") != BUILD_VERSION:
+        return False
+    return recipe is None or stamp.get("recipe") in (None, plain_recipe(recipe))
 
 
 @dataclass(frozen=True)

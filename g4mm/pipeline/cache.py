@@ -165,36 +165,37 @@ def _content_fields(cfg: ExperimentConfig) -> dict[str, Any]:
     return data
 
 
-def tiny_recipes(cfg: ExperimentConfig) -> dict[str, dict[str, Any]]:
+def tiny_recipes(
+    cfg: ExperimentConfig, source: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
     """What the ``tiny`` backbones are built from, recorded in their stamps
     (:func:`g4mm.data.corpus.ensure_tiny_backbones`): the LM from the dataset's corpus (a
     synthetic source: its generator parameters; other data: the input files and the data
-    fields that decide the samples' texts), the vision encoder from the seed and image size."""
+    fields that decide the samples' texts), the vision encoder from the seed and image size.
+    ``source``: :func:`source_fingerprint` when the caller has it already (it lists the input)."""
     d = cfg.data
-    lm: dict[str, Any] = {"dataset": d.dataset, "source": source_fingerprint(cfg)}
+    lm: dict[str, Any] = {"dataset": d.dataset, "source": source or source_fingerprint(cfg)}
     if not d.dataset.startswith("synthetic"):
         lm["data"] = _content_fields(cfg)
     return {"lm": lm, "vision": {"seed": d.seed, "image_size": d.image_size}}
 
 
-def stale_tiny_backbones(cfg: ExperimentConfig) -> list[str]:
+def stale_tiny_backbones(cfg: ExperimentConfig, source: dict[str, Any] | None = None) -> list[str]:
     """The ``tiny`` backbones of ``cfg.model`` that exist but were built by another build
-    version or from another recipe (:func:`tiny_recipes`): they must be rebuilt before use.
-    Missing ones are not listed (:func:`encoder_fingerprint` is None for them)."""
-    from g4mm.model.backbones import BACKBONES, BUILD_STAMP, BUILD_VERSION  # torch: lazily
+    version or from another recipe (:func:`tiny_recipes`;
+    :func:`g4mm.model.backbones.stamp_is_current`): they must be rebuilt before use. Missing
+    ones are not listed (:func:`encoder_fingerprint` is None for them)."""
+    from g4mm.model.backbones import BACKBONES, read_stamp, stamp_is_current
 
-    m, recipes, stale = cfg.model, tiny_recipes(cfg), []
-    wanted = {("lm", m.lm), ("lm", m.lm if m.text_encoder == "lm" else m.text_encoder)}
-    wanted.add(("vision", m.vision))
-    for kind, name in sorted(wanted):
+    m, recipes = cfg.model, tiny_recipes(cfg, source)
+    text_encoder = m.lm if m.text_encoder == "lm" else m.text_encoder
+    wanted = sorted({("lm", m.lm), ("lm", text_encoder), ("vision", m.vision)})
+    stale = []
+    for kind, name in wanted:
         if name != "tiny":
             continue
-        stamp = Path(cfg.data.artifact_dir) / BACKBONES[(kind, name)].local_subdir / BUILD_STAMP
-        if not stamp.is_file():
-            continue
-        info = json.loads(stamp.read_text())
-        recipe = json.loads(json.dumps(recipes[kind], sort_keys=True, default=str))
-        if info.get("version") != BUILD_VERSION or info.get("recipe") not in (None, recipe):
+        stamp = read_stamp(Path(cfg.data.artifact_dir) / BACKBONES[(kind, name)].local_subdir)
+        if stamp is not None and not stamp_is_current(stamp, recipes[kind]):
             stale.append(kind)
     return stale
 
@@ -209,11 +210,14 @@ def cache_key(cfg: ExperimentConfig) -> str | None:
     every unrelated edit or reformat invalidate every cache.
     """
     encoders = encoder_fingerprint(cfg)
-    if encoders is None or stale_tiny_backbones(cfg):
+    if encoders is None:
+        return None
+    source = source_fingerprint(cfg)
+    if stale_tiny_backbones(cfg, source):
         return None
     payload = {
         "version": PIPELINE_VERSION,
-        "source": source_fingerprint(cfg),
+        "source": source,
         "data": _content_fields(cfg),
         "encoders": encoders,
     }
