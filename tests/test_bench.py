@@ -379,10 +379,14 @@ def test_compile_falls_back_to_eager_when_compiling_fails(tokenizer):
 def test_frozen_dtype_follows_autocast(monkeypatch, device, native, precision, frozen, expected):
     """The device's answer to "native bf16?" is set here (this machine has no GPU): the rule
     under test is ours, not the query."""
-    from g4mm.train.loop import frozen_dtype_for
+    from g4mm.train.loop import frozen_dtype_for, native_bf16
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation: native)
-    assert frozen_dtype_for(torch.device(device), precision, frozen) == expected
+    native_bf16.cache_clear()  # the answer is asked once per device
+    try:
+        assert frozen_dtype_for(torch.device(device), precision, frozen) == expected
+    finally:
+        native_bf16.cache_clear()
 
 
 def test_training_with_bf16_frozen_lm_moves_only_the_fp32_adapter(tiny_backbones, tokenizer):

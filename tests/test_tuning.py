@@ -273,6 +273,16 @@ def test_search_help():
         assert flag in proc.stdout
 
 
+def test_resume_names_the_ignored_flags_as_typed():
+    """--resume reuses the saved config and says which flags it ignores, by their names."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tuning"))
+    import search
+
+    parser = search.build_parser()
+    args = parser.parse_args(["--set", "train.lr=0.1", "--metric", "loss", "--prep-root", "p"])
+    assert search._explicit(args, parser) == ["--set", "--metric", "--prep-root"]
+
+
 @pytest.mark.slow
 def test_four_trial_smoke_search_writes_every_output(searched, artifact_dir, prep_root):
     from g4mm.pipeline.cache import cache_key

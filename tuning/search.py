@@ -192,12 +192,9 @@ def _explicit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list
         "runner",
         "prep_root",
     )
-    flags = {"overrides": "--set"}  # dests whose flag is not --<dest>
-    return [
-        flags.get(n, f"--{n.replace('_', '-')}")
-        for n in names
-        if getattr(args, n) != parser.get_default(n)
-    ]
+    flags = {action.dest: action.option_strings[0] for action in parser._actions
+             if action.option_strings}  # fmt: skip
+    return [flags[n] for n in names if getattr(args, n) != parser.get_default(n)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ asks to try it first (:func:`training_sdpa`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import time
@@ -36,6 +37,16 @@ from g4mm.train.transfer import to_device
 Report = Callable[[dict[str, Any], dict[str, Any] | None], None]
 
 
+@functools.cache
+def native_bf16(index: int | None) -> bool:
+    """Whether CUDA device ``index`` (None: the current one) computes bf16 natively, asked
+    once per device (autocast is entered every micro-step)."""
+    if index is None:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    with torch.cuda.device(index):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def uses_bf16(device: torch.device, precision: str) -> bool:
     """Whether steps run under bf16 autocast (``train.precision``): ``auto`` on a CUDA device
     with native bf16 (Ampere and later; emulation does not count), ``bf16`` likewise but
@@ -46,7 +57,7 @@ def uses_bf16(device: torch.device, precision: str) -> bool:
     """
     if precision == "fp32":
         return False
-    native = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    native = device.type == "cuda" and native_bf16(torch.device(device).index)
     if precision == "bf16" and not native:
         raise ValueError(
             f"train.precision = 'bf16' needs a CUDA device with native bf16; this run's device "

@@ -24,7 +24,7 @@ def is_better(candidate: float | None, best: float | None, mode: str) -> bool:
         return False
     if not is_score(best):
         return True
-    return candidate >= best if mode == "max" else candidate <= best
+    return ranking(candidate, 1, mode) > ranking(best, 0, mode)
 
 
 def ranking(score: float, step: int, mode: str) -> tuple[float, int]:
