@@ -69,8 +69,9 @@ def fresh_dynamo() -> None:
     across modules of one class (a new model's forward reuses the last row's code), and with
     it the sequence lengths it has seen: a row that saw two lengths leaves the LM compiled for
     any length (dynamic shapes), which later rows at one length would then run. It also does
-    not guard on the SDPA backends (code traced under flash would serve a cuDNN row). Inductor's
-    on-disk cache keeps the recompilation cheap."""
+    not guard on the SDPA backends (code traced under flash would serve a cuDNN row). Each row
+    compiles afresh (inductor's FX graph cache may serve identical graphs; its saving on the
+    GPU is not measured here)."""
     torch._dynamo.reset()
 
 

@@ -308,7 +308,8 @@ def time_ours(
     with the clock and stopped after the last timed step (warm-up, compilation and recording
     stay out of it)."""
     notes: list[str] = []
-    steps = math.ceil(steps / len(batches)) * len(batches)  # every batch timed equally often
+    if plan.kind != "full":  # variable lengths: every batch timed equally often
+        steps = math.ceil(steps / len(batches)) * len(batches)
     if plan.step_graph:  # every shape recorded before the timed window
         warmup = max(warmup, steps_until_recorded(batches, ExperimentConfig().train.step_graph_pad))
     marks: dict[str, float] = {}
@@ -722,7 +723,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, nargs="+", help="batch sizes (default 8 32; quick 2 8)")
     p.add_argument(
         "--steps", type=int,
-        help="timed optimizer steps (default 20; quick 8), rounded up to whole --batches cycles",
+        help="timed optimizer steps (default 20; quick 8); variable-length rows round up to "
+        "whole --batches cycles",
     )  # fmt: skip
     p.add_argument("--warmup", type=int, help="warm-up steps (default 3; quick 1)")
     p.add_argument("--official-steps", type=int, help="anchor timeit steps (default 10; quick 3)")
