@@ -1,16 +1,17 @@
 """The whole-step CUDA graph under data parallelism, on one machine: two ranks, one device.
 
-``train.step_graph`` under DDP records the steps with the adapter outside its DDP wrapper and
-averages gradients with :class:`g4mm.train.grad_sync.GradientAllReduce` between the replayed
-micro-steps and the replayed update. ``tests/test_grad_sync.py`` checks that on CPU; this runs
-the same comparison on a CUDA device, where the steps are really recorded and replayed: two
-processes share the GPU through a gloo process group (NCCL refuses two ranks on one GPU; gloo
-reduces CUDA tensors), each with its own batches, first with DDP's own hooks, then with the
-step graph, from the same weights. It checks that both ranks end bit-identical (each applied
-the same averaged update) and that the step-graph run ends within 1 % of the distance the
-plain DDP run moved the adapter. A multi-GPU NCCL run is still needed for the collective
-itself at scale; this covers the recording, the DDP bypass and the eager all-reduce between
-replays.
+``train.step_graph`` under data parallelism records the steps with the bare adapter (never
+wrapped in DDP: its reducer keeps autograd nodes that break the capture; rank 0's weights are
+broadcast instead) and averages gradients with :class:`g4mm.train.grad_sync.GradientAllReduce`
+between the replayed micro-steps and the replayed update. ``tests/test_grad_sync.py`` checks
+that on CPU; this runs the same comparison on a CUDA device, where the steps are really
+recorded and replayed: two processes share the GPU through a gloo process group (NCCL refuses
+two ranks on one GPU; gloo reduces CUDA tensors), each with its own batches, first with DDP's
+own hooks, then with the step graph, from the same weights. It checks that both ranks end
+bit-identical (each applied the same averaged update) and that the step-graph run ends within
+1 % of the distance the plain DDP run moved the adapter. A multi-GPU NCCL run is still needed
+for the collective itself at scale; this covers the recording without DDP and the eager
+all-reduce between replays.
 
     python bench/ddp_step_graph.py [--device cuda]      # cpu works too (no recording there)
 """
@@ -45,6 +46,7 @@ def _rank_run(rank: int, device: str, init_file: str, out_dir: str) -> None:
     from g4mm.config import ExperimentConfig
     from g4mm.model.encoders import image_feature_dim, text_feature_dim
     from g4mm.model.tiny import train_tokenizer
+    from g4mm.train.grad_sync import broadcast_module
     from g4mm.train.loop import frozen_dtype_for, train_loop
     from g4mm.train.step_graph import graph_shape
 
@@ -58,7 +60,10 @@ def _rank_run(rank: int, device: str, init_file: str, out_dir: str) -> None:
         for graphed in (False, True):
             model = tiny_model("opt", "hop_diffused", device, tokenizer).train()
             model.cast_frozen(frozen_dtype_for(dev, "auto", "auto"))
-            model.adapter = DistributedDataParallel(model.adapter)  # as Ray Train wraps it
+            if graphed:  # as Ray Train sets it up: no DDP (its reducer breaks the capture)
+                broadcast_module(model.adapter)
+            else:
+                model.adapter = DistributedDataParallel(model.adapter)  # as Ray Train wraps it
             batches = [
                 random_inputs(4, text_feature_dim(model.lm), image_feature_dim(model.vision),
                               len(tokenizer), tokenizer.pad_token_id, seed=100 * rank + i,
@@ -74,7 +79,8 @@ def _rank_run(rank: int, device: str, init_file: str, out_dir: str) -> None:
             logs: list[str] = []
             train_loop(
                 model=model, batches=iter(batches * 2 * STEPS), cfg=cfg, device=dev,
-                report=lambda metrics, state: None, no_sync=model.adapter.no_sync,
+                report=lambda metrics, state: None,
+                no_sync=None if graphed else model.adapter.no_sync,
                 log=logs.append, is_main=rank == 0,
             )  # fmt: skip
             state = {k: v.detach().cpu() for k, v in model.adapter_state_dict().items()}

@@ -233,9 +233,11 @@ def step_graph_check(
     the plain loop gets them padded the same way, so both run the same kernels; frozen LM
     stored as training stores it): both micro-step shapes and the update recorded and
     replayed, no recording failure, every step's loss within 0.1 % of the plain step's and
-    the adapters ending within 1 % of the distance they moved. With ``cudnn`` the recorded
-    steps try cuDNN attention first (``train.cudnn_attention``; the row names the kernel SDPA
-    picks) against the plain step's flash attention: 1 % and 5 %."""
+    the adapters ending within 1 % of the distance they moved. With ``cudnn`` both runs try
+    cuDNN attention first (``train.cudnn_attention``; the row names the kernel SDPA picks), so
+    the check is on recording cuDNN attention, not on two attention kernels agreeing: against
+    the plain flash step the recorded cuDNN step ended 5.3 % of the movement apart (loss
+    within 1e-4; one H100, 2026-11-27), the bf16 rounding of two kernels amplified by AdamW."""
     from g4mm.config import ExperimentConfig
     from g4mm.train.loop import frozen_dtype_for, train_loop
     from g4mm.train.step_graph import graph_shape
@@ -259,7 +261,7 @@ def step_graph_check(
         t = cfg.train
         t.max_steps, t.eval_every, t.warmup_steps, t.lr, t.precision = steps, 1, 2, 2e-3, "auto"
         t.step_graph, t.step_graph_pad, t.grad_accum = graphed, 16, 2
-        t.cudnn_attention = cudnn and graphed
+        t.cudnn_attention = cudnn
         history = train_loop(model=model, batches=iter(batches * 2 * steps), cfg=cfg, device=dev,
                              report=lambda m, s: None, log=logs.append)  # fmt: skip
         ends.append(([h["train_loss"] for h in history], model.adapter_state_dict()))
@@ -269,7 +271,7 @@ def step_graph_check(
     apart = torch.cat([(our_end[k] - v).flatten().float() for k, v in plain_end.items()]).norm()
     summary = next((line for line in logs if "graphs recorded" in line), "no step graph log")
     replays = f"3 graphs recorded, {3 * steps - 6} replays" in summary  # 2 eager runs each
-    loss_tol, weight_tol = (1e-2, 0.05) if cudnn else (1e-3, 0.01)
+    loss_tol, weight_tol = 1e-3, 0.01
     what = "whole-step CUDA graph"
     if cudnn:
         from lm_alone import sdpa_kernel_name

@@ -255,9 +255,10 @@ class TrainConfig:
         step_graph: record the whole optimizer step (zero grads, forward, loss, backward,
             clip, AdamW) as one CUDA graph per padded batch shape and replay it
             (:mod:`g4mm.train.step_graph`): removes the per-kernel launch cost that bounds
-            small batches on a GPU. Under DDP the recorded steps bypass DDP's hooks and
-            gradients are averaged by one all-reduce per step; not with the CUDA-graph
-            compile modes (``compile_mode`` default / max-autotune-no-cudagraphs compose).
+            small batches on a GPU. Data-parallel runs do not use DDP: rank 0's weights
+            are broadcast and gradients averaged by one all-reduce per step; not with the
+            CUDA-graph compile modes (``compile_mode`` default / max-autotune-no-cudagraphs
+            compose).
         step_graph_pad: with ``step_graph``, prompt and target widths are padded up to
             multiples of this, so batches share recorded shapes (more padding, fewer graphs).
         cudnn_attention: let SDPA try its cuDNN attention first (off by default: cuDNN

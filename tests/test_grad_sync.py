@@ -1,6 +1,8 @@
 """The step graph under data parallelism: two gloo ranks, each with its own batches, train
-with ``train.step_graph`` (adapter without its DDP wrapper, gradients averaged by
-:class:`g4mm.train.grad_sync.GradientAllReduce`) exactly as with DDP's own hooks."""
+with ``train.step_graph`` (the bare adapter, never wrapped in DDP, rank 0's weights broadcast
+at the start, gradients averaged by :class:`g4mm.train.grad_sync.GradientAllReduce`) exactly
+as with DDP's own hooks; a DDP-wrapped adapter with the step graph, or several ranks with
+neither, are refused."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from g4mm.train.components import collate_counter
-from g4mm.train.grad_sync import GradientAllReduce
+from g4mm.train.grad_sync import GradientAllReduce, broadcast_module
 
 WORLD = 2
 STEPS = 8
@@ -49,16 +51,29 @@ def _rank_run(rank: int, init_file: str, out_dir: str) -> None:
         backbones = make_tiny_backbones(tokenizer)
         for graphed in (False, True):
             model = make_model(backbones).train()
-            model.adapter = DistributedDataParallel(model.adapter, broadcast_buffers=False)
             batches = shape_cycle(model, tokenizer, seed=100 * rank)  # each rank its own data
             cfg = step_graph_config(STEPS, graphed)
             cfg.train.grad_accum = 2
             logs: list[str] = []
-            history = train_loop(
+            run = dict(
                 model=model, batches=iter(batches * STEPS), cfg=cfg, device=torch.device("cpu"),
-                report=lambda metrics, state: None, no_sync=model.adapter.no_sync,
-                log=logs.append, is_main=rank == 0, collate_counts=collate_counter(collated),
+                report=lambda metrics, state: None, log=logs.append, is_main=rank == 0,
+                collate_counts=collate_counter(collated),
             )  # fmt: skip
+            bare = model.adapter
+            model.adapter = DistributedDataParallel(bare, broadcast_buffers=False)
+            if graphed:  # as Ray Train sets it up: no DDP, rank 0's weights broadcast
+                out["refused_ddp"] = _refusal(train_loop, **run, no_sync=model.adapter.no_sync)
+                model.adapter = bare
+                out["refused_no_ddp"] = _refusal(train_loop, **{**run, "cfg": step_graph_config(
+                    STEPS, False)})  # fmt: skip
+                with torch.no_grad():  # rank 1 starts elsewhere: only the broadcast aligns it
+                    for p in bare.parameters():
+                        p.add_(rank * 0.5)
+                broadcast_module(bare)
+                history = train_loop(**run)
+            else:
+                history = train_loop(**run, no_sync=model.adapter.no_sync)
             out[graphed] = {
                 "adapter": model.adapter_state_dict(),
                 "logs": logs,
@@ -68,6 +83,14 @@ def _rank_run(rank: int, init_file: str, out_dir: str) -> None:
         torch.save(out, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def _refusal(train_loop, **run) -> str:
+    try:
+        train_loop(**run)
+    except ValueError as err:
+        return str(err)
+    return "not refused"
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +117,13 @@ def test_step_graph_under_ddp_trains_like_ddp(ranks, tiny_backbones):
                    for k, v in ranks[1][run]["adapter"].items())  # fmt: skip
     logs = ranks[0][True]["logs"]
     assert any("data-parallel: gradients averaged by one all-reduce" in line for line in logs)
-    assert ranks[0][True]["wrapped_after"] and ranks[1][True]["wrapped_after"]
+    assert not ranks[0][True]["wrapped_after"] and not ranks[1][True]["wrapped_after"]
+
+
+def test_the_step_graph_refuses_ddp_and_several_ranks_need_one_or_the_other(ranks):
+    for rank in ranks:
+        assert "pass the bare adapter, not a DDP wrapper" in rank["refused_ddp"]
+        assert "2 ranks train without DDP" in rank["refused_no_ddp"]
 
 
 def test_collate_counts_are_summed_over_the_ranks_at_every_evaluation(ranks):

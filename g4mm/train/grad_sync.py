@@ -10,6 +10,13 @@ collective per dtype over a flat buffer:
 
 which is what DDP computes (the mean over ranks of each rank's gradient sum over its
 micro-batches), so every rank applies the same update and the replicas stay identical.
+
+Such runs must not wrap the adapter in DDP at all, not even to bypass it: DDP's reducer holds
+each parameter's ``AccumulateGrad`` node from its construction, on the stream it was built on,
+and a backward recorded on a side stream that meets those nodes invalidates the capture (one
+H100, torch 2.11: "operation failed due to a previous error during capture"; the eager
+fallback then ran every step). :func:`broadcast_module` does the one other thing DDP's
+constructor does, copying rank 0's parameters and buffers to every rank.
 """
 
 from __future__ import annotations
@@ -19,6 +26,22 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+
+def world_size() -> int:
+    """The data-parallel world: 1 without an initialised process group."""
+    if not dist.is_available() or not dist.is_initialized():
+        return 1
+    return dist.get_world_size()
+
+
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers to every rank, in place (DDP's start)."""
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for tensor in module.state_dict(keep_vars=True).values():
+            dist.broadcast(tensor.data, src=src)
 
 
 class GradientAllReduce:

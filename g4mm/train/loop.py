@@ -25,11 +25,12 @@ from typing import Any
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.parallel import DistributedDataParallel
 
 from g4mm.config import CUDA_GRAPH_MODES
 from g4mm.model.inputs import Graph4MMInputs
 from g4mm.train.checkpoint import training_state
-from g4mm.train.grad_sync import GradientAllReduce
+from g4mm.train.grad_sync import GradientAllReduce, world_size
 from g4mm.train.optim import build_optimizer, build_scheduler, lr_of_last_step, store_lr
 from g4mm.train.step_graph import GraphedTrainStep, graph_shape
 from g4mm.train.transfer import to_device
@@ -160,6 +161,32 @@ def use_step_graph(
     return True
 
 
+def is_data_parallel(model: Any, train_cfg: Any, no_sync: Callable | None) -> bool:
+    """Whether gradients must be averaged over ranks, after checking the adapter is set up
+    for the way this run steps: plain steps average through DDP (``no_sync`` given), recorded
+    steps through :class:`GradientAllReduce`, with the adapter never wrapped in DDP
+    (:mod:`g4mm.train.grad_sync` says why).
+
+    Raises:
+        ValueError: a DDP-wrapped adapter with ``train.step_graph``; several ranks but
+            neither DDP nor the step graph (each rank would train its own replica).
+    """
+    graphed = bool(getattr(train_cfg, "step_graph", False))
+    if graphed and isinstance(model.adapter, DistributedDataParallel):
+        raise ValueError(
+            "train.step_graph: pass the bare adapter, not a DDP wrapper (the recorded steps "
+            "average gradients themselves, and DDP's reducer breaks CUDA-graph capture; "
+            "g4mm.train.grad_sync.broadcast_module gives every rank rank 0's weights)"
+        )
+    ranks = world_size()
+    if ranks > 1 and not graphed and no_sync is None:
+        raise ValueError(
+            f"{ranks} ranks train without DDP: wrap the adapter (ray.train.torch.prepare_model) "
+            "and pass its no_sync, or set train.step_graph"
+        )
+    return no_sync is not None or ranks > 1
+
+
 @contextlib.contextmanager
 def adapter_without_ddp(model: Any, enabled: bool) -> Iterator[None]:
     """Inside the block ``model.adapter`` is the bare adapter rather than its DDP wrapper
@@ -206,7 +233,9 @@ def train_loop(
             training state to checkpoint (see :func:`g4mm.train.checkpoint.training_state`).
         evaluate: validation metrics (called on the main process only).
         resume: a loaded checkpoint to continue from (its adapter already restored).
-        no_sync: the DDP module's ``no_sync`` when data-parallel, else None.
+        no_sync: the DDP module's ``no_sync`` when data-parallel through DDP, else None
+            (data-parallel step-graph runs pass the bare adapter and no ``no_sync``: see
+            :func:`is_data_parallel`).
         on_report: called with the step after each report (fault-injection hook for tests).
         on_step: called with the step after each optimizer step is queued (benchmark timing).
         collate_counts: called at every evaluation on every process (it may be a collective):
@@ -218,7 +247,8 @@ def train_loop(
         The history: one metrics dict per evaluation (from the start, across resumes).
     """
     train_cfg = cfg.train
-    graphed = use_step_graph(train_cfg, device, data_parallel=no_sync is not None, log=log)
+    data_parallel = is_data_parallel(model, train_cfg, no_sync)
+    graphed = use_step_graph(train_cfg, device, data_parallel=data_parallel, log=log)
     optimizer = build_optimizer(model, train_cfg, device, capturable=graphed)
     scheduler = build_scheduler(optimizer, train_cfg)
     step, history = 0, []
@@ -231,10 +261,8 @@ def train_loop(
     resumed_from = step
     params = [p for group in optimizer.param_groups for p in group["params"]]
     model.train()
-    # recorded steps run the adapter without its DDP wrapper and average gradients themselves
-    bypass_ddp = graphed and no_sync is not None
     attention = training_sdpa(getattr(train_cfg, "cudnn_attention", False))
-    with attention, adapter_without_ddp(model, bypass_ddp):
+    with attention:
         if getattr(train_cfg, "compile", False):
             first = next(batches)
             batches = itertools.chain([first], batches)
@@ -255,7 +283,7 @@ def train_loop(
                 autocast=lambda: autocast_for(device, train_cfg.precision),
                 grad_accum=train_cfg.grad_accum, grad_clip=train_cfg.grad_clip,
                 pad_multiple=train_cfg.step_graph_pad, log=log,
-                grad_sync=GradientAllReduce(params) if bypass_ddp else None,
+                grad_sync=GradientAllReduce(params) if data_parallel else None,
             )  # fmt: skip
         window_loss = torch.zeros((), device=device)
         window_steps = window_samples = window_tokens = 0

@@ -41,6 +41,7 @@ from g4mm.train.components import (
     collate_counter,
     make_evaluator,
 )
+from g4mm.train.grad_sync import broadcast_module
 from g4mm.train.local import limit
 from g4mm.train.loop import adapter_without_ddp, train_loop
 from g4mm.train.selection import is_score, ranking, score_key
@@ -158,11 +159,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if restart:
         torch.manual_seed(resumed_seed(cfg.train.seed, restart, rank))
     # DDP over the trainable part only (prepare_model also moves it to this worker's device);
-    # the diffusion weights are a constant buffer: nothing to broadcast. With
-    # train.step_graph the loop runs the bare adapter and averages gradients itself (grad_sync)
-    model.adapter = ray.train.torch.prepare_model(
-        model.adapter, parallel_strategy_kwargs={"broadcast_buffers": False}
-    )
+    # the diffusion weights are a constant buffer: nothing to broadcast. With train.step_graph
+    # no DDP at all (its reducer breaks CUDA-graph capture): the loop averages gradients
+    # itself and the ranks start from rank 0's weights (g4mm.train.grad_sync)
+    if cfg.train.step_graph:
+        model.adapter = ray.train.torch.prepare_model(model.adapter, parallel_strategy=None)
+        broadcast_module(model.adapter)
+    else:
+        model.adapter = ray.train.torch.prepare_model(
+            model.adapter, parallel_strategy_kwargs={"broadcast_buffers": False}
+        )
     no_sync = getattr(model.adapter, "no_sync", None)
 
     evaluate = None

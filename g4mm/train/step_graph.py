@@ -21,8 +21,9 @@ eagerly (a side stream on CUDA) before it is recorded, and those are real traini
 a recording failure falls back to eager pieces, logged once. Without CUDA the same
 static-input path runs eagerly (what the CPU tests check against the plain step).
 
-Data-parallel runs call the model without its DDP wrapper (whose gradient hooks launch
-collectives during backward, which a recording cannot hold) and pass ``grad_sync``
+Data-parallel runs never wrap the adapter in DDP (its gradient hooks launch collectives
+during backward, which a recording cannot hold, and its reducer keeps autograd nodes that
+invalidate the capture even when bypassed) and pass ``grad_sync``
 (:class:`g4mm.train.grad_sync.GradientAllReduce`), which averages the gradients over the
 ranks eagerly between the last micro-step and the update:
 
