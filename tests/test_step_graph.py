@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_model import batch_for, make_model
 
-from g4mm.config import ExperimentConfig
+from g4mm.config import ExperimentConfig, load_config
 from g4mm.train.checkpoint import load_checkpoint, save_checkpoint
 from g4mm.train.loop import train_loop
 from g4mm.train.optim import build_optimizer, build_scheduler, store_lr
@@ -84,8 +84,11 @@ def step_graph_config(steps: int, graphed: bool) -> ExperimentConfig:
     return cfg
 
 
-def train(backbones, tokenizer, graphed: bool, steps: int = 18, resume=None, **cfg_changes):
-    model = make_model(backbones).train()
+def train(
+    backbones, tokenizer, graphed: bool, steps: int = 18, resume=None, lm_name="opt",
+    **cfg_changes,
+):  # fmt: skip
+    model = make_model(backbones, lm_name=lm_name).train()
     batches = shape_cycle(model, tokenizer)
     cfg = step_graph_config(steps, graphed)
     for key, value in cfg_changes.items():
@@ -125,6 +128,33 @@ def test_static_input_step_trains_like_the_plain_step(tiny_backbones, tokenizer,
         assert isinstance(ours["lr"], float)  # read off the lr tensor (fp32) for the report
         assert abs(ours["lr"] - theirs["lr"]) <= 1e-6 * theirs["lr"]
     assert_same_training(graphed, plain, tiny_backbones)
+
+
+@pytest.mark.parametrize("lm_name", ["opt", "llama"])
+def test_the_paper_configs_compiled_forward_step_graph_trains_like_the_plain_step(
+    tiny_backbones, tokenizer, lm_name
+):
+    """What ``wikiweb2m-opt125m`` / ``-llama1b`` run on a GPU: ``compile_scope: forward`` with
+    the step graph, over three padded shapes (the second makes dynamo compile for dynamic
+    lengths): compiled once without falling back, every shape recorded and replayed, and
+    training as the plain eager loop does, for both LM families of the packed pass."""
+    paper = load_config("wikiweb2m-opt125m").train
+    changes = {k: getattr(paper, k) for k in ("compile", "compile_scope", "compile_mode")}
+    assert changes == {"compile": True, "compile_scope": "forward", "compile_mode": "default"}
+    plain, plain_history, _, _ = train(tiny_backbones, tokenizer, False, 12, lm_name=lm_name)
+    torch._dynamo.reset()
+    try:
+        ours, history, logs, _ = train(tiny_backbones, tokenizer, True, 12, lm_name=lm_name,
+                                       **changes)  # fmt: skip
+    finally:
+        torch._dynamo.reset()
+    assert any("forward compiled" in line for line in logs), logs
+    assert not any("fall" in line.lower() or "failed" in line for line in logs), logs
+    assert any(line.startswith("step graph: 4 graphs recorded") for line in logs), logs
+    for a, b in zip(history, plain_history, strict=True):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-4 * abs(b["train_loss"])
+    ours.compile_parts(False)
+    assert_same_training(ours, plain, tiny_backbones)
 
 
 @pytest.mark.parametrize("resume_graphed", [False, True])
