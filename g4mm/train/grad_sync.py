@@ -39,8 +39,8 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
     """Copy rank ``src``'s parameters and buffers to every rank, in place (DDP's start)."""
     if world_size() == 1:
         return
-    with torch.no_grad():
-        for tensor in module.state_dict(keep_vars=True).values():
+    with torch.no_grad():  # every buffer, persistent or not, as DDP does
+        for tensor in [*module.parameters(), *module.buffers()]:
             dist.broadcast(tensor.data, src=src)
 
 
