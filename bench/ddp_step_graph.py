@@ -100,7 +100,7 @@ def ddp_step_graph_check(device: str, timeout_s: float = 150) -> tuple[str, str,
     """(what, result, PASS / FAIL): two ranks on ``device``, plain DDP vs step graph."""
     from gpu_check import tiny_model
 
-    what = f"step graph under DDP, {WORLD} gloo ranks on one {device} device x{STEPS}"
+    what = f"data-parallel step graph vs DDP, {WORLD} gloo ranks on one {device} device x{STEPS}"
     with tempfile.TemporaryDirectory() as tmp:
         files = [Path(tmp) / f"rank{r}.pt" for r in range(WORLD)]
         context = mp.spawn(_rank_run, args=(device, f"{tmp}/init", tmp), nprocs=WORLD,
@@ -139,10 +139,10 @@ def ddp_step_graph_check(device: str, timeout_s: float = 150) -> tuple[str, str,
     )
     logs = ranks[0][True]["logs"]
     summary = next((line for line in logs if "graphs recorded" in line), "no step graph log")
-    bypass = any("gradients averaged by one all-reduce" in line for line in logs)
+    averaged = any("gradients averaged by one all-reduce" in line for line in logs)
     replays = re.search(r"(\d+) replays", summary)
     replayed = replays is not None and int(replays.group(1)) > 0  # recorded steps really ran
-    ok = (same and bypass and replayed and moved > 0 and apart <= 0.01 * moved
+    ok = (same and averaged and replayed and moved > 0 and apart <= 0.01 * moved
           and "failed" not in summary)  # fmt: skip
     result = (f"{summary[12:]}; ranks identical {same}; step graph {apart / max(moved, 1e-12):.1e}"
               " of the plain DDP run's movement from it"

@@ -24,9 +24,8 @@ Targets (performance issue): at batch 8, full length, our step >= 30x the offici
 step in samples/s and >= 50 % MFU on the LM work (against the bf16 matmul rate measured in the
 same run); sparse diffusion time linear in |E| (log-log slope <= 1.2 over the largest graphs);
 cached and uncached greedy decoding agree. Under ``--quick`` (CPU) the verdicts are ``info``:
-the targets are GPU targets. Took 169 s on one H100 (2026-11-27, bench/RESULTS.md) before the
-LM-alone, cuDNN and profile rows were added; the whole script is meant to fit one 600 s device
-call (target < 480 s).
+the targets are GPU targets. Took 212 s on one H100 (2026-11-27, bench/RESULTS.md, session 9);
+the whole script is meant to fit one 600 s device call (target < 480 s).
 
 The anchor script is ``bench/anchors/official_shaped_step.py`` (a verbatim copy of the
 project's ``shared/anchors/`` one; the default ``--anchor``). Without it the official rows and

@@ -146,14 +146,15 @@ def run_checks(device: str, cudnn: bool = True) -> list[tuple[str, str, str]]:
             (f"{kind}: cached == uncached greedy (cuda)", f"shape {tuple(cached.shape)}", ok(same))
         )
 
-    # 4b. the step graph under DDP: two ranks sharing this GPU (gloo), recorded steps with
-    # the DDP bypass and the all-reduce between replays, against plain DDP
+    # 4b. the data-parallel step graph: two ranks sharing this GPU (gloo), recorded steps
+    # without DDP and the all-reduce between replays, against plain DDP
     try:
         from ddp_step_graph import ddp_step_graph_check
 
         rows.append(ddp_step_graph_check(device))
     except Exception as err:  # spawning ranks can fail for reasons of its own: one row
-        rows.append(("step graph under DDP", f"{type(err).__name__}: {err}"[:200], "FAIL"))
+        failure = f"{type(err).__name__}: {err}"[:200]
+        rows.append(("data-parallel step graph vs DDP", failure, "FAIL"))
 
     # 5. dense vs sparse diffusion time (one layer, d=256, K=3), forward only
     layer = HopDiffusedAttention(256, num_heads=8, alpha=0.1, num_hops=3).to(device).eval()

@@ -204,7 +204,7 @@ def _is_current_build(directory: Path, recipe: dict | None = None) -> bool:
     return (
         (directory / "config.json").is_file()
         and stamp is not None
-        and (stamp_is_current(stamp, recipe))
+        and stamp_is_current(stamp, recipe)
     )
 
 
