@@ -587,3 +587,31 @@ def test_wikiweb2m_malformed_and_bad_parent(tmp_path):
     g = src.graph
     neighbours = {g.node_ids[v] for u, v in g.edge_index.t().tolist() if g.node_ids[u] == "page"}
     assert neighbours == {"section0", "section1"}  # both attached to the page instead
+
+
+def test_wikiweb2m_gives_the_raw_layout_its_segments_captions_and_order(wiki):
+    """What the LM reads of a page: each section's text without the captions (those stand
+    at the images), the captions on the image nodes, the page's own order, and for a target
+    the official "summarize: ... , summary:" around its text with the summary removed."""
+    path, images = wiki
+    (page, *_), _ = read_all(path, images)
+    assert page.document_order
+    assert page.segments[1] == (
+        "History. The town was founded in 1850. It grew quickly after the railway arrived."
+    )
+    assert page.segments[0] == page.graph.texts[0] and page.segments[2] is None
+    captions = dict(zip(page.graph.node_ids, page.captions, strict=True))
+    assert captions["section0/image0"] == "Old map" and captions["section1/image0"] == "Field"
+    assert captions["section0"] is None
+    economy = page.targets[1]
+    assert (economy.lead, economy.cue) == ("summarize: ", ", summary:")
+    assert economy.segment == "Economy. Wheat and corn are grown."
+    (row,) = [
+        r for r in build_samples(page, DataConfig(tau=2)) if r["sample_id"].endswith("section1")
+    ]
+    assert row["text_segments"][0] == economy.segment
+    # reading order = node index: page 0, section0 1, then (after the target) section2 5
+    assert row["text_order"][0] == 3 and sorted(row["text_order"]) == [0, 1, 3, 5]
+    field = str((images / "Field.png").resolve())
+    own = row["image_paths"].index(field)
+    assert row["image_owner"][own] == 0 and row["image_captions"][own] == "Field"

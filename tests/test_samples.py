@@ -198,3 +198,32 @@ def test_record_validation():
         TargetSpec(0, "validation", "P", "T")
     with pytest.raises(ValueError, match=r"toy\.src: target 0 refers to node 6"):
         source([TargetSpec(6, "train", "P", "T")])
+
+
+def test_rows_carry_what_the_raw_layout_reads():
+    """Segments (the target's own replaced), reading order nearest hop first then index for a
+    source without document order (by index with one), image captions and owners."""
+    graph = MultimodalGraph.from_edge_list(IDS, TEXTS, IMAGES, EDGES, name="toy")
+    captions = [None, None, "a photo of b", None, None, None]
+    segments = ["target text (LM)", "alpha (LM)", None, "gamma (LM)", "delta (LM)", "far (LM)"]
+    spec = TargetSpec(0, "train", "P", "T", lead="summarize: ", cue=", summary:",
+                      segment="own text, target removed")  # fmt: skip
+    for document_order in (False, True):
+        src = SourceGraph(graph=graph, targets=[spec], source="toy.src", segments=segments,
+                          captions=captions, document_order=document_order)  # fmt: skip
+        (row,) = build_samples(src, CFG)
+        assert (row["lead"], row["cue"]) == ("summarize: ", ", summary:")
+        by_text = dict(zip(row["text_nodes"], row["text_segments"], strict=True))
+        assert by_text == {"target text": "own text, target removed", "alpha": "alpha (LM)",
+                           "gamma": "gamma (LM)", "delta": "delta (LM)"}  # fmt: skip
+        order = {t: k for t, k in zip(row["text_nodes"], row["text_order"], strict=True)}
+        if document_order:  # the node index: t 0, a 1, c 3, d 4
+            assert order == {"target text": 0, "alpha": 1, "gamma": 3, "delta": 4}
+        else:  # (hop, index): t, a, then c (hop 2, index 3) before d (hop 2, index 4)
+            assert order == {"target text": 0, "alpha": 1, "gamma": 2, "delta": 3}
+        images = dict(zip(row["image_paths"], row["image_captions"], strict=True))
+        assert images == {"/img/t.jpg": "", "/img/b.jpg": "a photo of b"}
+        owners = {p: row["text_nodes"][o] if o >= 0 else None
+                  for p, o in zip(row["image_paths"], row["image_owner"], strict=True)}  # fmt: skip
+        # t carries its own image; b is an image node whose TEXT_IMAGE neighbour is d
+        assert owners == {"/img/t.jpg": "target text", "/img/b.jpg": "delta"}

@@ -194,7 +194,8 @@ def read_mmgraph(
 
     Targets: labeled nodes listed in ``split.pt``, ``prompt = "Product: <raw_text>.
     Category:"`` (a final "." of the raw text is not doubled), ``target_text`` = class name
-    (or ``"class <id>"``), ``label`` = id.
+    (or ``"class <id>"``), ``label`` = id. The raw layout reads ``"Product: "``, the
+    product's text, its neighbours' texts nearest hop first, then ``" Category:"``.
     Counted in ``stats`` (unit = targets unless stated): every image check; skipped
     ``"zero_shot_heldout_train"`` (train nodes of a zero-shot class), ``"unlabeled"``
     (split nodes with label -1), ``"no_text"`` (split nodes without raw text),
@@ -343,6 +344,8 @@ def _targets(
                     prompt=f"Product: {text.rstrip('.')}. Category:",
                     target_text=name,
                     label=label,
+                    lead="Product: ",
+                    cue=" Category:",
                 )
             )
     return targets

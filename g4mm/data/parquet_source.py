@@ -85,7 +85,9 @@ def read_parquet_graph(
     Images are checked (:func:`~g4mm.data.images.check_image`); a missing / corrupt file is
     counted and the node keeps no image; IMAGE_IMAGE edges that lost an endpoint image are
     dropped (counted in ``stats.skipped["edge_lost_image"]``, unit = undirected edges).
-    Targets: ``prompt`` column, else the node text (``""`` without one); ``target_text``
+    Targets: ``prompt`` column, else the node text (``""`` without one), which is also what
+    the raw layout reads as the target's own text before its neighbours' texts (nearest hop
+    first); ``target_text``
     column, else the class name of ``label`` (``"class <id>"`` without class names). Skipped
     targets (counted): ``"unknown_split"`` (warned), ``"no_target"`` (neither target_text nor
     label), ``"empty_target"`` (a blank or whitespace-only target_text, warned; the same reason
@@ -200,6 +202,7 @@ def read_parquet_graph(
                 prompt=str(prompt) if prompt is not None else (texts[row] or ""),
                 target_text=target_text,
                 label=label,
+                segment=None if prompt is None else str(prompt),
             )
         )
     return SourceGraph(

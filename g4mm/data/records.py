@@ -53,6 +53,13 @@ class TargetSpec:
         node_text: when not ``None``, replaces the target node's own text in THIS sample's
             text subgraph (leak prevention: e.g. a WikiWeb2M section without its 1st sentence
             when that sentence is the target). Other samples see the graph's text.
+        lead: words the raw layout puts before the target's own text (``"summarize: "``).
+        cue: words that close the raw layout, right before the target (``", summary:"``).
+        segment: when not ``None``, what the LM reads as the target's own text in the raw
+            layout (leak prevention, as ``node_text``, but the LM's text: a WikiWeb2M
+            section without its 1st sentence and without its captions, which the layout
+            places at the images). ``None``: the node's segment
+            (:attr:`SourceGraph.segments`).
     """
 
     node: int
@@ -61,6 +68,9 @@ class TargetSpec:
     target_text: str | None
     label: int | None = None
     node_text: str | None = None
+    lead: str = ""
+    cue: str = ""
+    segment: str | None = None
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -81,9 +91,18 @@ class SourceGraph:
         class_names: class id -> name for classification sources, else ``None``.
         zero_shot_classes: class ids held out of training (their targets are never in
             ``"train"``), else ``None``.
+        segments: ``[N]`` what the raw layout's LM reads for each text node, when it is not
+            the node's text (WikiWeb2M: a section's text without the captions appended to it
+            for the text encoder); ``None`` = the graph's texts.
+        captions: ``[N]`` the caption of each image node (``None`` where it has none), read
+            by the LM before that image's graph tokens; ``None`` = no captions.
+        document_order: whether node index order is the source's reading order (WikiWeb2M:
+            page, then sections as the page lists them), which the raw layout follows;
+            otherwise it reads the neighbours nearest hop first, then by index.
 
     Raises:
-        ValueError: if a target's node index is out of range, naming the source.
+        ValueError: if a target's node index is out of range, or ``segments`` /
+            ``captions`` do not have one entry per node, naming the source.
     """
 
     graph: MultimodalGraph
@@ -91,9 +110,18 @@ class SourceGraph:
     source: str
     class_names: list[str] | None = None
     zero_shot_classes: list[int] | None = None
+    segments: list[str | None] | None = None
+    captions: list[str | None] | None = None
+    document_order: bool = False
 
     def __post_init__(self) -> None:
         n = self.graph.num_nodes
+        for name in ("segments", "captions"):
+            values = getattr(self, name)
+            if values is not None and len(values) != n:
+                raise ValueError(
+                    f"{self.source}: {name} has {len(values)} entries for {n} nodes"
+                )
         for k, target in enumerate(self.targets):
             if not 0 <= target.node < n:
                 raise ValueError(

@@ -1,8 +1,12 @@
 """Arrow schemas of the preprocessed shards and the feature-cache key.
 
 - :data:`SAMPLE_SCHEMA`: one row per target node (written by the preprocess stage, read by
-  collate). Node lists are in subgraph order (hop, then global index; the target first when it
-  carries the modality); edge lists hold LOCAL indices into those lists, source -> target.
+  collate). Node lists are in the sample builder's seeded order (the target first when it
+  carries the modality: :mod:`g4mm.data.samples`); edge lists hold LOCAL indices into those
+  lists, source -> target. ``text_nodes`` are what the text encoder embeds;
+  ``text_segments`` / ``image_captions`` what the raw layout's LM reads of the same nodes,
+  ``text_order`` its reading order, ``image_owner`` the text node an image belongs to
+  (:mod:`g4mm.model.layout`).
 - :data:`FEATURE_SCHEMA`: one row per unique text or image, keyed by :func:`feature_key`.
 
 All fields use Arrow's default (nullable) so tables that went through Ray Data / pandas still
@@ -51,6 +55,13 @@ SAMPLE_SCHEMA: pa.Schema = pa.schema(
         pa.field("image_hops", _I32_LIST),
         pa.field("image_edge_src", _I32_LIST),
         pa.field("image_edge_dst", _I32_LIST),
+        # what the raw layout's LM reads (g4mm.model.layout)
+        pa.field("lead", pa.string()),  # before the target's own text, e.g. "summarize: "
+        pa.field("cue", pa.string()),  # closes the input, e.g. ", summary:"
+        pa.field("text_segments", pa.list_(pa.string())),  # per text node; target: leak-free
+        pa.field("text_order", pa.list_(pa.int64())),  # reading order key per text node
+        pa.field("image_captions", pa.list_(pa.string())),  # per image node ("" if none)
+        pa.field("image_owner", _I32_LIST),  # local text node of each image, -1 if none
     ]
 )
 

@@ -25,6 +25,13 @@ Graph (node ids ``"page"``, ``"section<i>"``, ``"section<i>/image<j>"``):
 Targets: sections with ``is_section_summarization_sample == 1`` and a non-blank 1st sentence,
 in the record's own split; the target node's text in its own sample is the section text
 WITHOUT the 1st sentence (``TargetSpec.node_text``, leak prevention).
+
+What the raw layout's LM reads (:mod:`g4mm.model.layout`), as the official code builds it:
+``"summarize: "`` + the target's segment (``"<title>. <rest>"``, its summary removed), then
+the other text nodes in document order (the page, then the sections as the record lists
+them; ``SourceGraph.document_order``), each segment ``"<title>. <1st sentence> <rest>"``;
+each image's caption (``SourceGraph.captions``) before its graph tokens; ``", summary:"``
+closes the input. Segments leave the captions out: the layout places them at the images.
 """
 
 from __future__ import annotations
@@ -70,11 +77,21 @@ def _join(*parts: str) -> str:
     return ". ".join(p for p in parts if p)
 
 
+#: The raw layout's words around a WikiWeb2M sample (the official code's).
+LEAD, CUE = "summarize: ", ", summary:"
+
+
+def _section_segment(title: str, body: list[str], index: int) -> str:
+    """What the LM reads of a section: ``"<title>. <body>"`` (``"Section <i+1>."`` if empty)."""
+    return _join(title, " ".join(b for b in body if b)) or f"Section {index + 1}."
+
+
 def _section_text(title: str, body: list[str], captions: list[str], index: int) -> str:
-    text = _join(title, " ".join(b for b in body if b))
+    """The text encoder's text of a section: its segment, then ``" Captions: c1; c2"``."""
+    text = _section_segment(title, body, index)
     if captions:
-        text = f"{text} Captions: {'; '.join(captions)}".strip()
-    return text or f"Section {index + 1}."
+        text = f"{text} Captions: {'; '.join(captions)}"
+    return text
 
 
 class _Page:
@@ -193,6 +210,8 @@ def read_wikiweb2m_record(
     )
 
     node_ids, texts, images = ["page"], [page_text], [None]
+    segments: list[str | None] = [page_text]
+    node_captions: list[str | None] = [None]
     section_node: list[int] = []
     section_images: list[list[str]] = []  # ok image node ids per section
     edges: list[Edge] = []
@@ -202,12 +221,14 @@ def read_wikiweb2m_record(
         s_title = page.text("section_title", i)
         first = page.text("section_clean_1st_sentence", i)
         rest = page.text("section_rest_sentence", i)
-        captions = [str(c).strip() for c in page.entry("section_image_captions", i)]
-        captions = [c for c in captions if c]
+        raw_captions = [str(c).strip() for c in page.entry("section_image_captions", i)]
+        captions = [c for c in raw_captions if c]
         sid = f"section{i}"
         section_node.append(len(node_ids))
         node_ids.append(sid)
         texts.append(_section_text(s_title, [first, rest], captions, i))
+        segments.append(_section_segment(s_title, [first, rest], i))
+        node_captions.append(None)
         images.append(None)
         ok_images: list[str] = []
         for j, url in enumerate(page.entry("section_image_url", i)):
@@ -223,6 +244,8 @@ def read_wikiweb2m_record(
                 iid = f"{sid}/image{j}"
                 node_ids.append(iid)
                 texts.append(None)
+                segments.append(None)
+                node_captions.append(raw_captions[j] if j < len(raw_captions) else "")
                 images.append(str(path))
                 edges.append((sid, iid, EdgeType.TEXT_IMAGE))
                 ok_images.append(iid)
@@ -239,6 +262,9 @@ def read_wikiweb2m_record(
                         prompt=f"Page: {title}. Section: {s_title}. {rest}".strip(),
                         target_text=first,
                         node_text=_section_text(s_title, [rest], captions, i),
+                        lead=LEAD,
+                        cue=CUE,
+                        segment=_section_segment(s_title, [rest], i),
                     )
                 )
     for i in range(page.n):
@@ -261,7 +287,14 @@ def read_wikiweb2m_record(
         stats.skip("no_targets")
         return None
     graph = MultimodalGraph.from_edge_list(node_ids, texts, images, edges, name=source)
-    return SourceGraph(graph=graph, targets=targets, source=source)
+    return SourceGraph(
+        graph=graph,
+        targets=targets,
+        source=source,
+        segments=segments,
+        captions=node_captions,
+        document_order=True,
+    )
 
 
 def iter_wikiweb2m(
