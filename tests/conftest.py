@@ -78,14 +78,38 @@ def random_inputs(
     target_mask = torch.arange(target_len)[None] < target_lens[:, None]
     target_ids = torch.randint(4, vocab, (b, target_len), generator=gen)
     target_ids = target_ids.masked_fill(~target_mask, pad_id)
+    text = random_modality(b, nt, text_dim, gen, min_nodes=1)
+    image = random_modality(b, np_, image_dim, gen, min_nodes=0)
+    owner = torch.randint(0, nt, (b, np_), generator=gen)  # each image's text node
+    cross = torch.nn.functional.one_hot(owner, nt).bool() & image.mask[:, :, None]
     return Graph4MMInputs(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
-        text=random_modality(b, nt, text_dim, gen, min_nodes=1),
-        image=random_modality(b, np_, image_dim, gen, min_nodes=0),
+        text=text,
+        image=image,
         target_ids=target_ids,
         target_mask=target_mask,
+        cross_adj=cross & text.mask[:, None, :],
     )
+
+
+def with_soft_tokens(inputs: Graph4MMInputs, adapter, pad_id: int) -> Graph4MMInputs:
+    """``inputs`` with a slot after each row's prompt for every soft token of ``adapter`` that
+    stands for a real node (or for the whole sample): the pooled layout's placement."""
+    from g4mm.model.layout import TokenTable
+
+    table = TokenTable(tuple(adapter.token_groups), inputs.text.mask.shape[1],
+                       inputs.image.mask.shape[1])  # fmt: skip
+    masks = {"text": inputs.text.mask, "image": inputs.image.mask}
+    slots = []
+    for b in range(inputs.batch_size):
+        row: list[int] = []
+        for g, group in enumerate(table.groups):
+            nodes = [0] if group.per is None else masks[group.per][b].nonzero().view(-1).tolist()
+            for node in nodes:
+                row.extend(table.run(g, node))
+        slots.append(row)
+    return inputs.append_slots(slots, pad_id)
 
 
 @pytest.fixture(scope="session")

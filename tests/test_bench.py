@@ -33,6 +33,7 @@ import train_step  # noqa: E402
 from g4mm.data.collate import GraphCollator, length_bucketed_batches  # noqa: E402
 from g4mm.data.schema import feature_key  # noqa: E402
 from g4mm.model.encoders import image_feature_dim, text_feature_dim  # noqa: E402
+from g4mm.model.layout import LayoutSpec  # noqa: E402
 
 ANCHOR = train_step.DEFAULT_ANCHOR  # bench/anchors/: in the repository
 
@@ -275,8 +276,8 @@ def test_token_lengths_match_the_collated_masks(tokenizer):
     texts = ["red circle", "blue square"]
     feats = {feature_key("text", t): np.ones(4, np.float32) for t in texts}
     collator = GraphCollator(
-        tokenizer, feats, {}, text_dim=4, image_dim=4, max_text_nodes=2, max_image_nodes=1,
-        max_prompt_tokens=12, max_target_tokens=5,
+        tokenizer, feats, {}, text_dim=4, image_dim=4,
+        layout=LayoutSpec("pooled", "after_text", 12, 2, 1, groups=()), max_target_tokens=5,
     )  # fmt: skip
     rows = [
         {"prompt": "a long prompt about the red circle in the first section of the page",

@@ -16,6 +16,7 @@ from g4mm.data.collate import GraphCollator
 from g4mm.data.corpus import _copy_batch, ensure_tiny_backbones
 from g4mm.data.schema import SAMPLE_SCHEMA, feature_key
 from g4mm.model import load_lm, load_vision
+from g4mm.model.layout import LayoutSpec
 
 
 def sample_row(prompt, target, texts, image_paths, text_edges=(), image_edges=()):
@@ -37,9 +38,13 @@ def collator(tokenizer):
     images = ["/img/a.png", "/img/b.png"]
     text_feats = {feature_key("text", t): rng.normal(size=6).astype(np.float32) for t in texts}
     image_feats = {feature_key("image", p): rng.normal(size=4).astype(np.float32) for p in images}
+    # the pooled layout without soft tokens: the LM input is the prompt alone (the layouts
+    # and their slots are tested in test_input_layout.py)
+    layout = LayoutSpec("pooled", "after_text", max_input_tokens=16, max_text_nodes=4,
+                        max_image_nodes=3, groups=())  # fmt: skip
     return GraphCollator(
-        tokenizer, text_feats, image_feats, text_dim=6, image_dim=4, max_text_nodes=4,
-        max_image_nodes=3, max_prompt_tokens=16, max_target_tokens=6,
+        tokenizer, text_feats, image_feats, text_dim=6, image_dim=4, layout=layout,
+        max_target_tokens=6,
     )  # fmt: skip
 
 
@@ -131,6 +136,7 @@ def test_drain_counts_returns_the_counters_and_resets_them(collator):
         "missing_features.text": 1,
         "truncated_nodes.image": 0,
         "truncated_nodes.text": 1,
+        "truncated_inputs": 0,
     }
     assert set(collator.drain_counts().values()) == {0}
     collator([sample_row("q", "t", texts[:1], [])])
@@ -285,8 +291,10 @@ def test_collated_tokens_equal_the_tokenizers_own_padding(collator, tokenizer):
     rows[2]["target_text"] = "a red circle above a blue square with stripes and dots " * 3
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
-        prompts = tokenizer([r["prompt"] for r in rows], padding=True, truncation=True,
-                            max_length=collator.max_prompt_tokens, return_tensors="pt")  # fmt: skip
+        prompts = tokenizer(
+            [r["prompt"] for r in rows], padding=True, truncation=True,
+            max_length=collator.layout.max_input_tokens, return_tensors="pt",
+        )  # fmt: skip
     finally:
         tokenizer.padding_side = side
     batch = collator(rows)
@@ -310,3 +318,54 @@ def test_collated_tokens_equal_the_tokenizers_own_padding(collator, tokenizer):
     assert torch.equal(picked.target_ids, collator([rows[4], rows[1]]).target_ids)
     with pytest.raises(ValueError, match="2 prompts for 3 rows"):
         collator(rows[:3], encoded.select([0, 1]))
+
+
+def test_the_tiny_lm_build_is_the_same_whatever_the_callers_threads():
+    """Built with BUILD_THREADS threads whatever the process has: the same weights bit for bit
+    (float reductions split by thread count; one such build copied with 1 thread and not
+    with 2)."""
+    from g4mm.data.corpus import build_tiny_lm
+
+    corpus = ["the red circle sits above the blue square", "a green star with stripes"] * 30
+    before = torch.get_num_threads()
+    states = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            model, _, info = build_tiny_lm(corpus, steps=12, seed=0)
+            assert torch.get_num_threads() == threads  # given back
+            states.append(model.state_dict())
+    finally:
+        torch.set_num_threads(before)
+    assert info["steps"] == 12 and info["held_out_copy_accuracy"] is None  # no copies, no gate
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_a_tiny_lm_that_does_not_copy_fails_loudly_and_the_fast_probe_is_greedy_decoding():
+    from g4mm.data.corpus import (
+        TinyLMBuildError,
+        _copy_ids,
+        _pack,
+        build_tiny_lm,
+        copied_exactly,
+        copy_accuracy,
+        pretrain_lm,
+    )
+    from g4mm.data.synthetic import lm_copy_documents
+    from g4mm.model.tiny import tiny_opt, train_tokenizer
+
+    corpus = ["the red circle sits above the blue square", "a green star with stripes"] * 30
+    copies = lm_copy_documents("synthetic-products", 450, seed=0)
+    with pytest.raises(TinyLMBuildError, match=r"copies 0\.\d\d of 50 held-out .* reach 0\.9"):
+        build_tiny_lm(corpus, copies, steps=3, seed=0)
+    # the stopping probe's one teacher-forced pass counts what greedy decoding gets right
+    torch.manual_seed(0)
+    tok = train_tokenizer(corpus + [" ".join(p) for p in copies])
+    model = tiny_opt(tok, hidden_size=64, num_layers=2, num_heads=2, max_positions=256)
+    pretrain_lm(model, _pack(tok, corpus), _copy_ids(tok, copies[:400]), steps=160, seed=0,
+                pad_id=tok.pad_token_id, copy_rows=8, corpus_rows=2)  # fmt: skip
+    greedy = copy_accuracy(model, tok, copies[400:])
+    assert 0 < greedy < 1  # some copied, some not: the two can disagree
+    assert copied_exactly(model, _copy_ids(tok, copies[400:]), tok.pad_token_id) == pytest.approx(
+        greedy
+    )

@@ -88,7 +88,14 @@ def test_shipped_config_values() -> None:
         12,
         20,
     )
-    assert (opt.data.max_prompt_tokens, opt.data.max_target_tokens) == (1024, 128)
+    assert (opt.data.max_input_tokens, opt.data.max_target_tokens) == (1024, 128)
+    # the official layout: raw text, 4 graph tokens per image (5 images x 4 = 20)
+    assert (opt.model.context, opt.model.token_placement, opt.model.tokens_per_image) == (
+        "raw", "at_images", 4,
+    )  # fmt: skip
+    # every shipped config reads the raw layout
+    for name in available_configs():
+        assert load_config(name).model.context == "raw", name
     assert opt.train.betas == (0.9, 0.95)
     assert isinstance(opt.train.lr, float) and opt.train.lr == pytest.approx(1e-4)
     assert (opt.train.batch_size, opt.train.grad_accum, opt.train.warmup_steps) == (8, 16, 2000)
@@ -528,3 +535,16 @@ def test_step_graph_composes_with_default_compile_and_accumulation() -> None:
     assert ok.train.step_graph and ok.train.compile_mode == "default"
     paper = load_config("wikiweb2m-opt125m")  # the paper config records its steps: 8 x 16
     assert paper.train.step_graph and paper.train.grad_accum == 16
+
+
+def test_layout_fields_are_checked():
+    with pytest.raises(ConfigError, match="model.context = 'pooled' with model.token_placement"):
+        load_config("wikiweb2m-opt125m", ["model.context=pooled"])
+    cfg = load_config(
+        "wikiweb2m-opt125m", ["model.context=pooled", "model.token_placement=after_text"]
+    )
+    assert cfg.model.context == "pooled"
+    with pytest.raises(ConfigError, match="model.token_placement = 'at_image' is not one of"):
+        load_config("default", ["model.token_placement=at_image"])
+    with pytest.raises(ConfigError, match="model.tokens_per_image = 0"):
+        load_config("default", ["model.tokens_per_image=0"])

@@ -24,6 +24,7 @@ from g4mm.eval import (
 )
 from g4mm.model import Graph4MM, build_adapter
 from g4mm.model.encoders import image_feature_dim, text_feature_dim
+from g4mm.model.layout import LayoutSpec
 
 REFS = [
     "the red circle sits above the blue square",
@@ -143,6 +144,7 @@ def model(tiny_backbones):
         "hop_diffused", text_dim=text_feature_dim(lm), image_dim=image_feature_dim(vision),
         lm_dim=lm.get_input_embeddings().embedding_dim, hidden_dim=16, num_heads=2, alpha=0.2,
         num_hops=2, num_query_tokens=2, qformer_layers=1, dropout=0.0, diffusion_impl="dense",
+        context="pooled", token_placement="after_text",
     )  # fmt: skip
     return Graph4MM(lm, adapter, copy.deepcopy(vision), None, processor)
 
@@ -155,8 +157,9 @@ def collator(model, tokenizer):
         tokenizer,
         {feature_key("text", t): rng.normal(size=tdim).astype(np.float32) for t in TEXTS},
         {feature_key("image", p): rng.normal(size=idim).astype(np.float32) for p in IMAGES},
-        text_dim=tdim, image_dim=idim, max_text_nodes=4, max_image_nodes=3,
-        max_prompt_tokens=24, max_target_tokens=24,
+        text_dim=tdim, image_dim=idim,
+        layout=LayoutSpec("pooled", "after_text", 24, 4, 3, model.adapter.token_groups),
+        max_target_tokens=24,
     )  # fmt: skip
 
 

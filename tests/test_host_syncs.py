@@ -49,18 +49,29 @@ def test_audit_leaves_fixed_shape_ops_alone():
     assert audit.report() == "none"
 
 
+#: Every adapter with something to train: the raw layout's (per-image tokens) and the pooled
+#: one's (text_only under raw has no parameter; pooled mmgl_gnn's PyG GNNs index by mask).
+TRAINED = [(v, "raw") for v in (*GRAPH4MM_VARIANTS, "mmgl_concat", "mmgl_gnn")] + [
+    ("hop_diffused", "pooled"), ("mmgl_concat", "pooled"), ("text_only", "pooled"),
+]  # fmt: skip
+
+
+def layout_model(backbones, variant, context, **kw):
+    placement = {"raw": "at_images", "pooled": "after_text"}[context]
+    return make_model(backbones, variant, context=context, token_placement=placement, **kw)
+
+
 @pytest.mark.parametrize(
-    ("variant", "lm_name"),
-    [(v, "opt") for v in (*GRAPH4MM_VARIANTS, "mmgl_concat", "text_only")]
-    + [("hop_diffused", "llama")],
+    ("variant", "context", "lm_name"),
+    [(v, c, "opt") for v, c in TRAINED] + [("hop_diffused", "raw", "llama")],
 )
-def test_training_step_has_no_host_syncs(tiny_backbones, tokenizer, variant, lm_name):
+def test_training_step_has_no_host_syncs(tiny_backbones, tokenizer, variant, context, lm_name):
     """Forward, backward, clipping and fused AdamW as on CUDA: every shape is fixed by the
     batch's padded sizes, so the host never waits for the device inside a step. (LLaMA's body
     builds position ids itself and, given no attention mask, transformers would check on the
     host whether the rows are packed sequences, one sync per forward; the packed pass runs
     under :func:`g4mm.model.causal_attention.causal_attention`, where it does not.)"""
-    model = make_model(tiny_backbones, variant, lm_name=lm_name).train()
+    model = layout_model(tiny_backbones, variant, context, lm_name=lm_name).train()
     audit = audit_training_step(model, batch_for(model, tokenizer), torch.device("cpu"))
     assert audit.count == 0, audit.report()
     assert all(p.grad is None for p in model.parameters())
@@ -74,13 +85,13 @@ def test_sparse_diffusion_syncs_only_for_the_edge_count(tiny_backbones, tokenize
     assert {sync.where.split(":")[0] for sync in audit.syncs} == {"g4mm/model/adapters.py"}
 
 
-@pytest.mark.parametrize("variant", [*GRAPH4MM_VARIANTS, "mmgl_concat", "text_only"])
-def test_training_step_creates_no_tensor_on_the_host(tiny_backbones, tokenizer, variant):
+@pytest.mark.parametrize(("variant", "context"), TRAINED)
+def test_training_step_creates_no_tensor_on_the_host(tiny_backbones, tokenizer, variant, context):
     """The step with the model and batch on the ``meta`` device: a tensor made inside the
     step without the batch's device (``torch.arange(n)``, ``torch.tensor([...])``) would meet
     meta tensors and fail here, as it fails (or copies from the host every step, which a CUDA
     graph cannot record) on a GPU, while CPU-only tests pass. Scalar reads fail on meta too."""
-    model = make_model(tiny_backbones, variant).train()
+    model = layout_model(tiny_backbones, variant, context).train()
     batch = batch_for(model, tokenizer)
     model, batch = model.to("meta"), batch.to("meta")
     loss = model(batch).loss

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import random_inputs
+from conftest import random_inputs, with_soft_tokens
 
 from g4mm.model import (
     VARIANTS,
@@ -22,6 +22,7 @@ from g4mm.model import (
     resolve_backbone,
 )
 from g4mm.model.encoders import image_feature_dim, text_feature_dim
+from g4mm.model.graph4mm import adapter_token_groups
 from g4mm.model.tiny import save_tiny_backbones
 
 HPARAMS = dict(
@@ -46,7 +47,8 @@ def make_model(backbones, variant="hop_diffused", lm_name="opt", seed=0, **overr
 
 
 def batch_for(model, tokenizer, b=4, seed=0, **kw) -> Graph4MMInputs:
-    return random_inputs(
+    """A random batch with a slot for each of the adapter's real soft tokens."""
+    inputs = random_inputs(
         b,
         text_dim=text_feature_dim(model.lm),
         image_dim=image_feature_dim(model.vision),
@@ -55,32 +57,32 @@ def batch_for(model, tokenizer, b=4, seed=0, **kw) -> Graph4MMInputs:
         seed=seed,
         **kw,
     )
+    return with_soft_tokens(inputs, model.bare_adapter, tokenizer.pad_token_id)
 
 
 def select(inputs: Graph4MMInputs, rows) -> Graph4MMInputs:
-    pick = lambda t: t[rows]  # noqa: E731
-    return Graph4MMInputs(
-        prompt_ids=pick(inputs.prompt_ids),
-        prompt_mask=pick(inputs.prompt_mask),
-        text=type(inputs.text)(
-            *(pick(getattr(inputs.text, f)) for f in ["feats", "mask", "adj", "hops"])
-        ),
-        image=type(inputs.image)(
-            *(pick(getattr(inputs.image, f)) for f in ["feats", "mask", "adj", "hops"])
-        ),
-        target_ids=pick(inputs.target_ids),
-        target_mask=pick(inputs.target_mask),
-    )
+    return inputs.map_tensors(lambda t: t[rows])
 
 
 @pytest.mark.parametrize("lm_name", ["opt", "llama"])
+@pytest.mark.parametrize("context", ["raw", "pooled"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_every_variant_runs_forward_and_backward(tiny_backbones, tokenizer, variant, lm_name):
-    model = make_model(tiny_backbones, variant, lm_name).train()
+def test_every_variant_runs_forward_and_backward(
+    tiny_backbones, tokenizer, variant, context, lm_name
+):
+    placement = {"raw": "at_images", "pooled": "after_text"}[context]
+    model = make_model(
+        tiny_backbones, variant, lm_name, context=context, token_placement=placement
+    ).train()
     inputs = batch_for(model, tokenizer)
     out = model(inputs)
     assert out.logits.shape == (4, inputs.target_ids.shape[1], len(tokenizer))
     assert torch.isfinite(out.loss)
+    if variant == "text_only" and context == "raw":  # the raw text alone: nothing to train
+        assert not list(model.adapter.parameters()) and not out.loss.requires_grad
+        assert (inputs.slot_index < 0).all()
+        return
+    assert (inputs.slot_index >= 0).any()  # soft tokens reach the LM
     out.loss.backward()
     grads = [p.grad for p in model.adapter.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
@@ -135,9 +137,9 @@ def test_adapter_checkpoint_excludes_frozen_weights_and_round_trips(tiny_backbon
 
 
 def test_adapter_checkpoint_from_another_config_is_rejected(tiny_backbones):
-    state = make_model(tiny_backbones, num_query_tokens=4).adapter_state_dict()
+    state = make_model(tiny_backbones, tokens_per_image=4).adapter_state_dict()
     with pytest.raises(ValueError, match="shape mismatches.*queries"):
-        make_model(tiny_backbones, num_query_tokens=6).load_adapter_state_dict(state)
+        make_model(tiny_backbones, tokens_per_image=2).load_adapter_state_dict(state)
     with pytest.raises(ValueError, match="missing"):
         make_model(tiny_backbones, variant="mmgl_gnn").load_adapter_state_dict(state)
 
@@ -145,11 +147,15 @@ def test_adapter_checkpoint_from_another_config_is_rejected(tiny_backbones):
 def real_rows(model: Graph4MM, inputs: Graph4MMInputs, with_targets: bool):
     """Each row's real token embeddings alone, (1, n_i, D), and its prefix length: the
     reference layout, independent of how the batch pads or orders its columns."""
-    tokens, token_mask = model.adapter(inputs)
+    tokens, _ = model.adapter(inputs)
     embed = model.lm.get_input_embeddings()
     for row in range(inputs.prompt_ids.shape[0]):
-        prompt = embed(inputs.prompt_ids[row, inputs.prompt_mask[row]])
-        prefix = torch.cat([prompt, tokens[row, token_mask[row]]])
+        real = inputs.prompt_mask[row]
+        ids, slots = inputs.prompt_ids[row, real].tolist(), inputs.slot_index[row, real].tolist()
+        prefix = torch.stack([  # one column at a time: a token's embedding or its soft token
+            tokens[row, slot] if slot >= 0 else embed.weight[token]
+            for token, slot in zip(ids, slots, strict=True)
+        ])  # fmt: skip
         parts = [prefix]
         if with_targets:
             parts.append(embed(inputs.target_ids[row, inputs.target_mask[row]]))
@@ -234,6 +240,7 @@ def test_samples_are_independent_of_batch_padding(tiny_backbones, tokenizer, lm_
         # strip the shared left padding of the prompt for the lone sample
         keep = alone.prompt_mask[0]
         alone.prompt_ids, alone.prompt_mask = alone.prompt_ids[:, keep], alone.prompt_mask[:, keep]
+        alone.slot_index = alone.slot_index[:, keep]
         real = inputs.target_mask[row]
         torch.testing.assert_close(
             model(alone).logits[0, real], full[row, real], atol=1e-4, rtol=1e-4
@@ -305,14 +312,17 @@ def test_structure_variants_use_the_graph_and_ablations_ignore_it(tiny_backbones
             assert differs == matters, (variant, matters)
 
 
-def test_text_only_never_sees_images(tiny_backbones, tokenizer):
-    model = make_model(tiny_backbones, "text_only").eval()
-    inputs = batch_for(model, tokenizer)
-    other = copy.deepcopy(inputs)
-    other.image.feats = torch.randn_like(other.image.feats) * 5
-    torch.testing.assert_close(model(other).logits, model(inputs).logits)
-    g4mm = make_model(tiny_backbones, "hop_diffused").eval()
-    assert not torch.allclose(g4mm(other).logits, g4mm(inputs).logits)
+@pytest.mark.parametrize("context", ["raw", "pooled"])
+def test_text_only_never_sees_images(tiny_backbones, tokenizer, context):
+    placement = {"raw": "at_images", "pooled": "after_text"}[context]
+    for variant, sees in (("text_only", False), ("hop_diffused", True)):
+        model = make_model(
+            tiny_backbones, variant, context=context, token_placement=placement
+        ).eval()
+        inputs = batch_for(model, tokenizer)
+        other = copy.deepcopy(inputs)
+        other.image.feats = torch.randn_like(other.image.feats) * 5
+        assert torch.allclose(model(other).logits, model(inputs).logits) != sees, variant
 
 
 def test_qformer_ignores_padding_nodes_and_survives_no_images():
@@ -353,9 +363,10 @@ def test_registry_loads_saved_tiny_backbones_through_from_pretrained(tmp_path, t
     vision, _processor = load_vision("tiny", tmp_path)
     assert type(lm).__name__ == "OPTForCausalLM" and type(vision).__name__ == "CLIPVisionModel"
     assert tok.pad_token is not None
-    cfg = ModelConfig(variant="hop_aware", hidden_dim=16, num_heads=2, num_query_tokens=3)
+    cfg = ModelConfig(variant="hop_aware", hidden_dim=16, num_heads=2, tokens_per_image=3)
     model = Graph4MM.from_config(cfg, artifact_dir=tmp_path)
-    assert model.adapter.qformer.queries.shape == (3, 16)
+    assert model.adapter.qformer.queries.shape == (3, 16)  # raw, at_images: 3 per image
+    assert model.adapter.token_groups == adapter_token_groups(cfg)
     assert not any(p.requires_grad for p in model.lm.parameters())
     # a local directory works as a backbone name too
     assert load_lm(str(dirs["lm"]))[0].config.hidden_size == lm.config.hidden_size

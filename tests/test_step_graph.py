@@ -9,7 +9,8 @@ import copy
 
 import pytest
 import torch
-from test_model import batch_for, make_model
+from test_model import HPARAMS, batch_for
+from test_model import make_model as _make_model
 
 from g4mm.config import ExperimentConfig, load_config
 from g4mm.train.checkpoint import load_checkpoint, save_checkpoint
@@ -17,6 +18,14 @@ from g4mm.train.loop import train_loop
 from g4mm.train.optim import build_optimizer, build_scheduler, store_lr
 from g4mm.train.step_graph import GraphedTrainStep, graph_shape
 from g4mm.train.transfer import copy_batch_, pinned
+
+#: The models here put their 4 query tokens after every prompt: a batch of prompt_len P is
+#: P + SLOTS columns wide.
+SLOTS = HPARAMS["num_query_tokens"]
+
+
+def make_model(*args, **kwargs):
+    return _make_model(*args, context="pooled", token_placement="after_text", **kwargs)
 
 CPU = torch.device("cpu")
 #: ||w_graphed - w_plain|| / ||w_plain - w_0|| allowed. The fused and foreach AdamW kernels
@@ -48,8 +57,11 @@ def test_padding_to_a_graph_shape_changes_no_loss_or_gradient(tiny_backbones, to
     for lm_name in ("opt", "llama"):
         model = make_model(tiny_backbones, lm_name=lm_name).train()
         batch = batch_for(model, tokenizer, b=3, seed=1)
-        padded = batch.padded_to(batch.prompt_ids.shape[1] + 9, batch.target_ids.shape[1] + 4)
-        assert padded.prompt_ids.shape[1] == 16 and padded.target_ids.shape[1] == 9
+        width = batch.prompt_ids.shape[1]
+        padded = batch.padded_to(width + 9, batch.target_ids.shape[1] + 4)
+        assert padded.prompt_ids.shape[1] == width + 9 and padded.target_ids.shape[1] == 9
+        assert padded.slot_index.shape == padded.prompt_ids.shape
+        assert (padded.slot_index[:, :9] == -1).all()  # padding is no slot
         assert padded.prompt_mask.sum() == batch.prompt_mask.sum()  # only padding added
         loss, grads = adapter_grads(model, batch)
         padded_loss, padded_grads = adapter_grads(model, padded)
@@ -60,7 +72,7 @@ def test_padding_to_a_graph_shape_changes_no_loss_or_gradient(tiny_backbones, to
 
 def test_graph_shapes_round_up_to_the_pad_multiple(tiny_backbones, tokenizer):
     model = make_model(tiny_backbones)
-    batch = batch_for(model, tokenizer, b=2, prompt_len=9, target_len=3)
+    batch = batch_for(model, tokenizer, b=2, prompt_len=9 - SLOTS, target_len=3)
     assert graph_shape(batch, 4) == (12, 4)
     assert graph_shape(batch, 1) == (9, 3)
     assert graph_shape(batch, 64) == (64, 64)
@@ -71,7 +83,7 @@ def shape_cycle(model, tokenizer, seed: int = 0):
     some of different raw width) per shape, so a replay on stale inputs would show."""
     widths = [(7, 5), (8, 3), (11, 6), (6, 5), (8, 4), (12, 8)]  # -> (8,8) (8,4) (12,8) x2
     return [
-        batch_for(model, tokenizer, b=3, seed=seed + i, prompt_len=p, target_len=t)
+        batch_for(model, tokenizer, b=3, seed=seed + i, prompt_len=p - SLOTS, target_len=t)
         for i, (p, t) in enumerate(widths)
     ]
 
@@ -220,7 +232,7 @@ def test_compile_with_the_step_graph_traces_the_lm_once_at_the_padded_shape(
     from torch._dynamo.utils import counters
 
     model = make_model(tiny_backbones).train()
-    batches = [batch_for(model, tokenizer, b=3, seed=i, prompt_len=7, target_len=5)
+    batches = [batch_for(model, tokenizer, b=3, seed=i, prompt_len=7 - SLOTS, target_len=5)
                for i in range(3)]  # fmt: skip
     assert graph_shape(batches[0], 4) == (8, 8) and batches[0].prompt_ids.shape[1] == 7
     cfg = step_graph_config(3, graphed=True)

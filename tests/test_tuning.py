@@ -476,3 +476,26 @@ def test_grid_of_variants_is_repeatable(searched, artifact_dir, prep_root, tmp_p
         torch.set_num_threads(threads)
     for metric in ("bleu4", "rougeL", "cider"):
         assert again[f"test_{metric}"] == pytest.approx(float(row[f"test_{metric}"]), abs=1e-9)
+
+
+def test_the_query_token_axis_follows_the_token_placement():
+    """After the text the axis is num_query_tokens, at the images tokens_per_image: a
+    config field in `when` keeps a parameter to the sweeps where it holds."""
+    after = load_space("default", SPACES).resolve(load_config("default"))
+    at = load_space("default", SPACES).resolve(load_config("wikiweb2m-opt125m"))
+    assert "num_query_tokens" in after.names and "tokens_per_image" not in after.names
+    assert "tokens_per_image" in at.names and "num_query_tokens" not in at.names
+    assert at.get("tokens_per_image").when["variant"][-1] == "mmgl_gnn"  # MMGL's too
+    assert "model.token_placement in ['at_images']" in load_space("default", SPACES).get(
+        "tokens_per_image"
+    ).describe()
+
+
+def test_a_when_naming_neither_a_parameter_nor_a_field_is_an_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "parameters:\n  lr: {type: float, target: train.lr, low: 0.001, high: 0.1,\n"
+        "       when: {model.no_such_field: [1]}}\n"
+    )
+    with pytest.raises(SpaceError, match="earlier categorical parameter or a config field"):
+        load_space(str(bad), SPACES)

@@ -16,6 +16,7 @@ import torch
 
 from g4mm.data.schema import feature_key
 from g4mm.model.inputs import Graph4MMInputs, ModalityInputs
+from g4mm.model.layout import LayoutSpec, build_layouts
 
 
 def rows_from_columns(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[dict]:
@@ -67,13 +68,17 @@ def length_bucketed_batches(
 
 
 class Encoded(NamedTuple):
-    """Unpadded token ids of some rows (:meth:`GraphCollator.encode`)."""
+    """Unpadded LM inputs of some rows (:meth:`GraphCollator.encode`): the layout's ids and
+    slots before the target (:mod:`g4mm.model.layout`), the target ids, and which rows the
+    input budget cut."""
 
     prompts: list[list[int]]
+    slots: list[list[int]]
     targets: list[list[int]] | None
+    truncated: list[bool]
 
     def lengths(self) -> list[int]:
-        """Prompt + target tokens per row."""
+        """LM tokens per row (input with its slots, + target)."""
         if self.targets is None:
             return [len(p) for p in self.prompts]
         return [len(p) + len(t) for p, t in zip(self.prompts, self.targets, strict=True)]
@@ -81,7 +86,10 @@ class Encoded(NamedTuple):
     def select(self, rows: Sequence[int]) -> Encoded:
         """The encodings of ``rows`` (indices), in that order."""
         targets = None if self.targets is None else [self.targets[i] for i in rows]
-        return Encoded([self.prompts[i] for i in rows], targets)
+        return Encoded(
+            [self.prompts[i] for i in rows], [self.slots[i] for i in rows], targets,
+            [self.truncated[i] for i in rows],
+        )  # fmt: skip
 
 
 def _row_edges(
@@ -128,21 +136,35 @@ def _pad(
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
+def _has_features(
+    rows: list[dict], values_field: str, kind: str, features: Mapping[str, np.ndarray]
+) -> list[list[bool]]:
+    """Per row, whether each node's cached feature exists (the nodes the adapter sees)."""
+    return [
+        [feature_key(kind, str(v)) in features for v in _as_list(row, values_field)]
+        for row in rows
+    ]
+
+
 @dataclass
 class GraphCollator:
     """Builds :class:`Graph4MMInputs` from sample rows.
 
-    Prompts are LEFT-padded (truncated to ``max_prompt_tokens``, the tokenizer's BOS kept);
-    targets get EOS appended and are RIGHT-padded/truncated to ``max_target_tokens``. Node
-    features come from ``text_features`` / ``image_features`` (key -> vector); a node whose
-    feature is missing is masked out and counted in ``missing_features``.
+    What the LM reads before the target comes from :mod:`g4mm.model.layout` (``layout``: the
+    raw or pooled layout, the input budget ``max_input_tokens``, the adapter's soft-token
+    groups): token ids with placeholder slots, LEFT-padded, and ``slot_index`` naming the soft
+    token of each slot. Targets get EOS appended and are RIGHT-padded/truncated to
+    ``max_target_tokens``. Node features come from ``text_features`` / ``image_features``
+    (key -> vector); a node whose feature is missing is masked out (no slot either) and
+    counted in ``missing_features``.
 
-    Node caps: a row holding more than ``max_text_nodes`` / ``max_image_nodes`` nodes of a
-    modality keeps its first ones and the rest are cut, counted per modality in
+    Node caps (the layout's ``max_text_nodes`` / ``max_image_nodes``): a row holding more
+    nodes of a modality keeps its first ones and the rest are cut, counted per modality in
     ``truncated_nodes``. The sample builder stores the nodes in a seeded random order (the
     target's own text first), so the cut ones are random neighbours, not the farthest hops;
     rows built with the same caps as the collator's are never cut. The row's edges that touch
-    a cut node are dropped with it. Both counters are read (and reset) by :meth:`drain_counts`.
+    a cut node are dropped with it. Rows whose input the budget cut are counted in
+    ``truncated_inputs``. The counters are read (and reset) by :meth:`drain_counts`.
 
     Shapes of the result: see :class:`Graph4MMInputs`; node widths are ``max_text_nodes`` and
     ``max_image_nodes`` (at least 1 column each).
@@ -158,13 +180,20 @@ class GraphCollator:
     image_features: Mapping[str, np.ndarray]
     text_dim: int
     image_dim: int
-    max_text_nodes: int = 12
-    max_image_nodes: int = 5
-    max_prompt_tokens: int = 256
+    layout: LayoutSpec
     max_target_tokens: int = 32
     with_targets: bool = True
     missing_features: dict[str, int] = field(default_factory=lambda: {"text": 0, "image": 0})
     truncated_nodes: dict[str, int] = field(default_factory=lambda: {"text": 0, "image": 0})
+    truncated_inputs: int = 0
+
+    @property
+    def max_text_nodes(self) -> int:
+        return self.layout.max_text_nodes
+
+    @property
+    def max_image_nodes(self) -> int:
+        return self.layout.max_image_nodes
 
     def __call__(
         self,
@@ -174,40 +203,56 @@ class GraphCollator:
         """Collate ``batch``; ``encoded`` (its rows' :meth:`encode`, e.g. kept from computing
         :meth:`token_lengths`) saves tokenizing them again."""
         rows = rows_from_columns(batch)
-        prompts, targets = encoded if encoded is not None else self.encode(rows)
-        if len(prompts) != len(rows):
-            raise ValueError(f"encoded holds {len(prompts)} prompts for {len(rows)} rows")
-        prompt_ids, prompt_mask = _pad(prompts, self.tokenizer.pad_token_id, left=True)
+        encoded = encoded if encoded is not None else self.encode(rows)
+        if len(encoded.prompts) != len(rows):
+            raise ValueError(f"encoded holds {len(encoded.prompts)} prompts for {len(rows)} rows")
+        self.truncated_inputs += sum(encoded.truncated)
+        prompt_ids, prompt_mask = _pad(encoded.prompts, self.tokenizer.pad_token_id, left=True)
+        slot_index, _ = _pad(encoded.slots, -1, left=True)
         text = self._modality(rows, "text", "text_nodes", self.text_features, self.text_dim,
                               self.max_text_nodes)  # fmt: skip
         image = self._modality(rows, "image", "image_paths", self.image_features, self.image_dim,
                                self.max_image_nodes)  # fmt: skip
-        inputs = Graph4MMInputs(prompt_ids, prompt_mask, text, image)
+        inputs = Graph4MMInputs(
+            prompt_ids, prompt_mask, text, image, slot_index=slot_index,
+            cross_adj=self._cross_adj(rows),
+        )  # fmt: skip
         if self.with_targets:
-            assert targets is not None
-            inputs.target_ids, inputs.target_mask = _pad(targets, self.tokenizer.pad_token_id)
+            assert encoded.targets is not None
+            inputs.target_ids, inputs.target_mask = _pad(
+                encoded.targets, self.tokenizer.pad_token_id
+            )
         return inputs
 
     def encode(self, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Encoded:
-        """Token ids per row as collated, unpadded: prompts truncated to ``max_prompt_tokens``
-        (special tokens added, BOS kept), targets (when ``with_targets``, else None) + EOS,
-        cut to ``max_target_tokens``."""
+        """Unpadded LM inputs per row as collated: the layout's ids and slots
+        (:func:`g4mm.model.layout.build_layouts`; the tokenizer's BOS first), targets (when
+        ``with_targets``, else None) + EOS, cut to ``max_target_tokens``."""
         rows = rows_from_columns(batch)
         tok = self.tokenizer
-        prompts = tok([str(r["prompt"]) for r in rows], truncation=True,
-                      max_length=self.max_prompt_tokens)["input_ids"]  # fmt: skip
+        layouts = build_layouts(
+            rows, self.layout, tok,
+            text_real=_has_features(rows, "text_nodes", "text", self.text_features),
+            image_real=_has_features(rows, "image_paths", "image", self.image_features),
+        )  # fmt: skip
+        prompts = [lay.ids for lay in layouts]
+        slots = [lay.slots for lay in layouts]
+        truncated = [lay.truncated for lay in layouts]
         if not self.with_targets:
-            return Encoded(prompts, None)
-        ids = tok([str(r.get("target_text") or "") for r in rows],
+            return Encoded(prompts, slots, None, truncated)
+        prefix = self.layout.target_prefix
+        ids = tok([prefix + str(r.get("target_text") or "") for r in rows],
                   add_special_tokens=False)["input_ids"]  # fmt: skip
-        return Encoded(prompts, [[*seq, tok.eos_token_id][: self.max_target_tokens] for seq in ids])
+        targets = [[*seq, tok.eos_token_id][: self.max_target_tokens] for seq in ids]
+        return Encoded(prompts, slots, targets, truncated)
 
     def drain_counts(self) -> dict[str, int]:
         """Return the counters accumulated since the last call and reset them to 0.
 
         Keys: ``"missing_features.text"``, ``"missing_features.image"`` (nodes masked out
-        because their cached feature is missing) and ``"truncated_nodes.text"``,
-        ``"truncated_nodes.image"`` (nodes cut by ``max_text_nodes`` / ``max_image_nodes``).
+        because their cached feature is missing), ``"truncated_nodes.text"``,
+        ``"truncated_nodes.image"`` (nodes cut by ``max_text_nodes`` / ``max_image_nodes``)
+        and ``"truncated_inputs"`` (rows whose LM input ``max_input_tokens`` cut).
         Each collator counts only the batches it collated itself (one per process / rank).
         """
         out: dict[str, int] = {}
@@ -218,12 +263,23 @@ class GraphCollator:
             for kind in sorted(counter):
                 out[f"{name}.{kind}"] = counter[kind]
                 counter[kind] = 0
+        out["truncated_inputs"], self.truncated_inputs = self.truncated_inputs, 0
         return out
 
     def token_lengths(self, batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[int]:
-        """Real LM tokens per row as collated (prompt + target, both capped), for
-        :func:`length_bucketed_batches`; the soft tokens add the same count to every row."""
+        """Real LM tokens per row as collated (input with its slots + target, both capped),
+        for :func:`length_bucketed_batches`."""
         return self.encode(batch).lengths()
+
+    def _cross_adj(self, rows: list[dict]) -> torch.Tensor:
+        """(B, Np, Nt) bool: image j belongs to text node i (``image_owner``), within caps."""
+        nt, np_ = max(1, self.max_text_nodes), max(1, self.max_image_nodes)
+        adj = np.zeros((len(rows), np_, nt), dtype=bool)
+        for r, row in enumerate(rows):
+            for j, owner in enumerate(_as_list(row, "image_owner")[:np_]):
+                if owner is not None and 0 <= owner < nt:
+                    adj[r, j, owner] = True
+        return torch.from_numpy(adj)
 
     def _modality(
         self,

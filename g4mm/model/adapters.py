@@ -5,7 +5,19 @@ Graph4MM (hop_diffused, hop_aware, no_text_structure, no_image_structure):
     H_T = W_t F_T,  H_P = W_p F_P                      project frozen features to width d
     H_T <- Struct_T(H_T, G_t),  H_P <- Struct_P(H_P, G_p)  hop-diffused / hop-aware / identity
     Q   = MMQFormer(H_T, H_P)                          (B, Nq, d)
-    tokens = W_lm Q                                    (B, Nq, D_lm), inserted after the prompt
+    tokens = W_lm Q                                    (B, Nq, D_lm)
+
+Where the tokens go is the layout's business (:mod:`g4mm.model.layout`); the adapter declares
+its tokens as :class:`~g4mm.model.layout.TokenGroup` s:
+
+- ``after_text`` / ``pooled``: Nq = ``num_query_tokens`` learnt queries, one run after the
+  text (the paper's wording: "inserted after the text attribute tokens");
+- ``at_images``: k = ``tokens_per_image`` queries per image node, image j's seeded with its
+  own structure-encoded embedding, ``Q_{j,r} = q_r + W_q H_P[j]`` (B, Np k, d), so the k
+  tokens written at image j's slot are that image's MM-QFormer tokens. The official code gets
+  its 5 x 4 per-image tokens by cutting 20 shared queries into groups of 4 by position; here a
+  group is tied to its image, which also lets the image count vary. Queries of absent images
+  are masked (never attended to, never placed).
 
 The MMGL baselines live in :mod:`g4mm.model.baselines`.
 """
@@ -18,6 +30,7 @@ from torch_geometric.utils import dense_to_sparse
 
 from g4mm.model.hop_attention import HopAwareAttention, HopDiffusedAttention
 from g4mm.model.inputs import Graph4MMInputs, ModalityInputs
+from g4mm.model.layout import TokenGroup
 from g4mm.model.qformer import MMQFormer
 
 GRAPH4MM_VARIANTS = ("hop_diffused", "hop_aware", "no_text_structure", "no_image_structure")
@@ -73,7 +86,11 @@ class StructureEncoder(nn.Module):
 
 
 class Graph4MMAdapter(nn.Module):
-    """Projections, per-modality structure encoders and MM-QFormer (all trainable)."""
+    """Projections, per-modality structure encoders and MM-QFormer (all trainable).
+
+    ``tokens_per_image`` None: ``num_query_tokens`` shared queries (``after_text``,
+    ``pooled``); an int k: k queries per image node (``at_images``; module docstring).
+    """
 
     def __init__(
         self,
@@ -91,6 +108,7 @@ class Graph4MMAdapter(nn.Module):
         ffn_mult: int = 4,
         dropout: float = 0.1,
         diffusion_impl: str = "dense",
+        tokens_per_image: int | None = None,
     ) -> None:
         super().__init__()
         if variant not in GRAPH4MM_VARIANTS:
@@ -107,15 +125,32 @@ class Graph4MMAdapter(nn.Module):
         )  # fmt: skip
         self.text_structure = StructureEncoder(text_kind, **common)
         self.image_structure = StructureEncoder(image_kind, **common)
-        self.qformer = MMQFormer(
-            hidden_dim, num_query_tokens, qformer_layers, num_heads, ffn_mult, dropout
-        )
+        self.tokens_per_image = tokens_per_image
+        queries = num_query_tokens if tokens_per_image is None else tokens_per_image
+        self.qformer = MMQFormer(hidden_dim, queries, qformer_layers, num_heads, ffn_mult, dropout)
+        self.image_query = None if tokens_per_image is None else nn.Linear(hidden_dim, hidden_dim)
         self.to_lm = nn.Linear(hidden_dim, lm_dim)
+        self.token_groups = (
+            (TokenGroup("queries", None, num_query_tokens),)
+            if tokens_per_image is None
+            else (TokenGroup("image", "image", tokens_per_image),)
+        )
 
     def forward(self, inputs: Graph4MMInputs) -> tuple[Tensor, Tensor]:
-        """Returns soft tokens (B, Nq, D_lm) and their mask (B, Nq), all True."""
+        """Returns soft tokens (B, S, D_lm) and their mask (B, S): S = Nq (all real), or
+        Np k per-image tokens (real where the image is)."""
         text = self.text_structure(self.text_proj(inputs.text.feats), inputs.text)  # (B, Nt, d)
         image = self.image_structure(self.image_proj(inputs.image.feats), inputs.image)
-        queries = self.qformer(text, inputs.text.mask, image, inputs.image.mask)  # (B, Nq, d)
-        tokens = self.to_lm(queries)
-        return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        if self.image_query is None:
+            queries = self.qformer(text, inputs.text.mask, image, inputs.image.mask)  # (B, Nq, d)
+            mask = torch.ones(queries.shape[:2], dtype=torch.bool, device=queries.device)
+        else:
+            b, n, d = image.shape
+            k = self.qformer.queries.shape[0]
+            seeds = self.qformer.queries.to(image.dtype) + self.image_query(image)[:, :, None]
+            mask = inputs.image.mask.repeat_interleave(k, dim=1)  # (B, Np k)
+            queries = self.qformer(
+                text, inputs.text.mask, image, inputs.image.mask,
+                queries=seeds.reshape(b, n * k, d), query_mask=mask,
+            )  # fmt: skip
+        return self.to_lm(queries), mask

@@ -34,7 +34,7 @@ Kind = Literal["lm", "vision"]
 #: Bump when the tiny backbones' build recipe changes: directories stamped with another
 #: version are rebuilt (and, through the encoder digests in the cache key, every
 #: preprocessing cache made with them).
-BUILD_VERSION = 2
+BUILD_VERSION = 3  # 3: raw-layout copy documents, pinned threads, copy gate
 #: The JSON file in a built tiny backbone's directory: ``version``, the ``recipe`` (what it
 #: was built from; absent for a backbone built by hand) and training statistics.
 BUILD_STAMP = "g4mm_build.json"
@@ -133,17 +133,24 @@ def _from_pretrained(loader, source: str, name: str, kind: Kind, **kwargs):
         ) from err
 
 
-def load_lm(name: str, artifact_dir: str | Path = "artifacts", **kwargs):
-    """Load a causal LM and its tokenizer: ``(AutoModelForCausalLM, tokenizer)``.
-
-    The tokenizer gets a pad token (its eos) when it has none.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # not at import: see module doc
+def load_tokenizer(name: str, artifact_dir: str | Path = "artifacts"):
+    """The tokenizer of LM backbone ``name``, with a pad token (its eos) when it has none."""
+    from transformers import AutoTokenizer  # not at import: see module doc
 
     source = resolve_backbone(name, "lm", artifact_dir)
     tokenizer = _from_pretrained(AutoTokenizer, source, name, "lm")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_lm(name: str, artifact_dir: str | Path = "artifacts", **kwargs):
+    """Load a causal LM and its tokenizer: ``(AutoModelForCausalLM, tokenizer)`` (see
+    :func:`load_tokenizer`)."""
+    from transformers import AutoModelForCausalLM  # not at import: see module doc
+
+    tokenizer = load_tokenizer(name, artifact_dir)
+    source = resolve_backbone(name, "lm", artifact_dir)
     model = _from_pretrained(AutoModelForCausalLM, source, name, "lm", **kwargs)
     return model, tokenizer
 

@@ -2,7 +2,9 @@
 
     frozen encoders  ->  node features F_T (text nodes), F_P (image nodes)   [precomputed]
     adapter          ->  soft tokens S (B, S, D_lm): Graph4MM or an MMGL baseline
-    frozen LM input  =   [prompt tokens ; S ; target tokens]
+    frozen LM input  =   [the layout's tokens, S written into its slots ; target tokens]
+                         (g4mm.model.layout: the subgraph's text with the graph tokens
+                         among it, or the pooled ablation [prompt ; S])
     loss             =   cross-entropy on the target tokens only
 
 Only the adapter is trained: the LM and the vision encoder are frozen (eval mode, no grads, not
@@ -29,10 +31,17 @@ from torch import Tensor, nn
 from g4mm.config import COMPILE_SCOPES
 from g4mm.model.adapters import GRAPH4MM_VARIANTS, Graph4MMAdapter
 from g4mm.model.backbones import load_lm, load_vision
-from g4mm.model.baselines import ConcatAdapter, GNNConcatAdapter
+from g4mm.model.baselines import (
+    ConcatAdapter,
+    GNNConcatAdapter,
+    ImageTokenAdapter,
+    MMGLGNNAdapter,
+    NoTokens,
+)
 from g4mm.model.causal_attention import causal_attention
 from g4mm.model.encoders import image_feature_dim, text_feature_dim
 from g4mm.model.inputs import Graph4MMInputs
+from g4mm.model.layout import TokenGroup
 
 VARIANTS = (*GRAPH4MM_VARIANTS, "mmgl_concat", "mmgl_gnn", "text_only")
 _COMPILED = ("_compiled_body", "_compiled_adapter", "_compiled_forward")
@@ -42,18 +51,15 @@ IGNORE_INDEX = -100
 PACKED_LM_TYPES = frozenset({"opt", "llama"})
 
 
-def partition_columns(embeds: Tensor, real: Tensor, real_first: bool) -> tuple[Tensor, Tensor]:
-    """Each row's columns reordered so that its real ones (``real`` (B, L), bool) come first
-    (``real_first``) or last, both groups keeping their column order: ``[a, pad, b, pad]``
-    becomes ``[a, b, pad, pad]`` or ``[pad, pad, a, b]``. Returns the reordered ``embeds``
-    (B, L, D) and ``real``. Sort key: the column index c for a real column, c + L (after the
-    real ones) or c - L (before them) for padding; the keys are unique, so the order is
-    exact."""
+def real_first(embeds: Tensor, real: Tensor) -> Tensor:
+    """Each row's columns reordered so that its real ones (``real`` (B, L), bool) come first,
+    both groups keeping their column order: ``[pad, a, pad, b]`` becomes ``[a, b, pad, pad]``.
+    Returns the reordered ``embeds`` (B, L, D). Sort key: the column index c for a real
+    column, c + L for padding; the keys are unique, so the order is exact."""
     length = real.shape[1]
     columns = torch.arange(length, device=real.device)
-    order = torch.where(real, columns, columns + (length if real_first else -length)).argsort(1)
-    moved = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))
-    return moved, real.gather(1, order)
+    order = torch.where(real, columns, columns + length).argsort(1)
+    return embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))
 
 
 def target_loss(logits: Tensor, target_ids: Tensor, target_mask: Tensor) -> Tensor:
@@ -77,31 +83,60 @@ class Graph4MMOutput:
 
 
 def build_adapter(
-    variant: str, text_dim: int, image_dim: int, lm_dim: int, **hparams: Any
+    variant: str,
+    text_dim: int,
+    image_dim: int,
+    lm_dim: int,
+    context: str = "raw",
+    token_placement: str = "at_images",
+    tokens_per_image: int = 4,
+    **hparams: Any,
 ) -> nn.Module:
-    """The trainable part for ``variant`` (see :data:`VARIANTS`).
+    """The trainable part for ``variant`` (see :data:`VARIANTS`) under ``context`` (``raw``
+    or ``pooled``) and, for ``raw``, ``token_placement`` (:mod:`g4mm.model.layout`).
 
-    ``hparams`` are the model config's fields (hidden_dim, num_heads, alpha, num_hops, max_hop,
-    num_query_tokens, qformer_layers, ffn_mult, dropout, diffusion_impl, gnn_type, gnn_layers);
-    each adapter takes the ones it uses.
+    ``hparams`` are the model config's other fields (hidden_dim, num_heads, alpha, num_hops,
+    max_hop, num_query_tokens, qformer_layers, ffn_mult, dropout, diffusion_impl, gnn_type,
+    gnn_layers); each adapter takes the ones it uses. Every adapter declares its soft tokens
+    in ``token_groups`` (:class:`~g4mm.model.layout.TokenGroup`), which the layout places.
     """
+    if context not in ("raw", "pooled"):
+        raise ValueError(f"context = {context!r}: expected raw|pooled")
+    raw = context == "raw"
     if variant in GRAPH4MM_VARIANTS:
         keys = (
             "hidden_dim", "num_heads", "alpha", "num_hops", "max_hop", "num_query_tokens",
             "qformer_layers", "ffn_mult", "dropout", "diffusion_impl",
         )  # fmt: skip
         kwargs = {k: hparams[k] for k in keys if k in hparams}
-        return Graph4MMAdapter(variant, text_dim, image_dim, lm_dim, **kwargs)
+        per_image = tokens_per_image if raw and token_placement == "at_images" else None
+        return Graph4MMAdapter(
+            variant, text_dim, image_dim, lm_dim, tokens_per_image=per_image, **kwargs
+        )
     if variant == "mmgl_concat":
+        if raw:
+            return ImageTokenAdapter(image_dim, lm_dim, tokens_per_image)
         return ConcatAdapter(text_dim, image_dim, lm_dim, use_images=True)
     if variant == "text_only":
-        return ConcatAdapter(text_dim, image_dim, lm_dim, use_images=False)
+        return NoTokens(lm_dim) if raw else ConcatAdapter(text_dim, image_dim, lm_dim, False)
     if variant == "mmgl_gnn":
+        if raw:
+            hidden = {k: hparams[k] for k in ("hidden_dim",) if k in hparams}
+            return MMGLGNNAdapter(text_dim, image_dim, lm_dim, tokens_per_image, **hidden)
         keys = ("hidden_dim", "gnn_type", "gnn_layers")
         return GNNConcatAdapter(
             text_dim, image_dim, lm_dim, **{k: hparams[k] for k in keys if k in hparams}
         )
     raise ValueError(f"unknown model variant {variant!r}; expected one of {VARIANTS}")
+
+
+def adapter_token_groups(model_cfg: Any) -> tuple[TokenGroup, ...]:
+    """The soft-token groups the adapter of ``model_cfg`` declares, without building weights
+    (the adapter is made on the meta device; its groups do not depend on the widths)."""
+    hparams = {k: v for k, v in vars(model_cfg).items() if k != "variant"}
+    with torch.device("meta"):
+        adapter = build_adapter(model_cfg.variant, 8, 8, 8, **hparams)
+    return tuple(adapter.token_groups)
 
 
 class Graph4MM(nn.Module):
@@ -193,26 +228,31 @@ class Graph4MM(nn.Module):
         self.bare_adapter.load_state_dict(state)
 
     # ---- the LM sequence -----------------------------------------------------------------
-    def _sequence(self, inputs: Graph4MMInputs, with_targets: bool, left_aligned: bool = True):
-        """``[prompt ; soft tokens (; target)]`` embeddings (B, L, D), attention mask and
-        positions (B, L).
-
-        With ``left_aligned`` each row's prefix padding (the prompt's left padding and, for
-        the baselines, the soft tokens of absent nodes, which sit after the real ones) moves
-        to the row's front (:func:`partition_columns`), so the prefix's last column is a real
-        token: the one that predicts the first target and the first generated token. The
-        packed pass reorders every row itself and skips it."""
+    def _prompt_embeddings(self, inputs: Graph4MMInputs) -> Tensor:
+        """The layout's prompt as LM input embeddings (B, P, D): token embeddings, with the
+        adapter's soft tokens written into the slots (``inputs.slot_index``; LLaVA's
+        placeholder scatter): ``E[b, p] = S[b, slot[b, p]]`` where ``slot >= 0``, else
+        ``embed(prompt_ids[b, p])``. One gather and one select: no host sync."""
         embed = self.lm.get_input_embeddings()
         adapter = self.__dict__.get("_compiled_adapter")
         if adapter is None:
             adapter = self.adapter
-        tokens, token_mask = adapter(inputs)  # (B, S, D_lm), (B, S)
-        prefix = torch.cat([embed(inputs.prompt_ids), tokens.to(embed.weight.dtype)], dim=1)
-        prefix_mask = torch.cat([inputs.prompt_mask, token_mask], dim=1)
-        if left_aligned:
-            prefix, real = partition_columns(prefix, prefix_mask.bool(), real_first=False)
-            prefix_mask = real.to(prefix_mask.dtype)
-        parts, masks = [prefix], [prefix_mask]
+        tokens, _ = adapter(inputs)  # (B, S, D_lm)
+        text = embed(inputs.prompt_ids)  # (B, P, D_lm)
+        if tokens.shape[1] == 0:
+            return text
+        slot = inputs.slot_index  # (B, P), -1 at ordinary tokens
+        index = slot.clamp(min=0)[..., None].expand(-1, -1, tokens.shape[-1])
+        soft = tokens.gather(1, index).to(text.dtype)  # (B, P, D_lm)
+        return torch.where((slot >= 0)[..., None], soft, text)
+
+    def _sequence(self, inputs: Graph4MMInputs, with_targets: bool):
+        """``[prompt with its soft tokens (; target)]`` embeddings (B, L, D), attention mask
+        and positions (B, L). The prompt is left-padded and every slot is real, so its last
+        column is a real token: the one that predicts the first target and the first
+        generated token."""
+        embed = self.lm.get_input_embeddings()
+        parts, masks = [self._prompt_embeddings(inputs)], [inputs.prompt_mask]
         if with_targets:
             parts.append(embed(inputs.target_ids))
             masks.append(inputs.target_mask)
@@ -228,9 +268,9 @@ class Graph4MM(nn.Module):
         positions 0 .. n_i - 1 (what the masked layout gives them through its position ids);
         padding fills n_i .. L - 1, where causal attention never lets a real token see it.
         """
-        embeds, mask, _ = self._sequence(inputs, with_targets=True, left_aligned=False)
+        embeds, mask, _ = self._sequence(inputs, with_targets=True)
         real = mask.bool()
-        packed, _ = partition_columns(embeds, real, real_first=True)
+        packed = real_first(embeds, real)
         slot = real.long().cumsum(1) - 1  # (B, L): packed position of each real column
         num_targets = inputs.target_ids.shape[1]
         predictor = (slot[:, real.shape[1] - num_targets :] - 1).clamp(min=0)  # (B, T)

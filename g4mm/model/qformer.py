@@ -63,7 +63,8 @@ class MMQFormerLayer(nn.Module):
 
     Shapes:
         queries (B, Nq, d), text (B, Nt, d), text_mask (B, Nt), image (B, Np, d),
-        image_mask (B, Np) -> (queries (B, Nq, d), text (B, Nt, d)).
+        image_mask (B, Np), query_mask (B, Nq) or None (all real)
+        -> (queries (B, Nq, d), text (B, Nt, d)). A masked query is never attended to.
     """
 
     def __init__(self, dim: int, num_heads: int, ffn_mult: int = 4, dropout: float = 0.0) -> None:
@@ -80,11 +81,19 @@ class MMQFormerLayer(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(
-        self, queries: Tensor, text: Tensor, text_mask: Tensor, image: Tensor, image_mask: Tensor
+        self,
+        queries: Tensor,
+        text: Tensor,
+        text_mask: Tensor,
+        image: Tensor,
+        image_mask: Tensor,
+        query_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         nq = queries.shape[1]
+        if query_mask is None:
+            query_mask = text_mask.new_ones(text_mask.shape[0], nq)
         joint = torch.cat([queries, text], dim=1)  # (B, Nq + Nt, d)
-        joint_mask = torch.cat([text_mask.new_ones(text_mask.shape[0], nq), text_mask], dim=1)
+        joint_mask = torch.cat([query_mask, text_mask], dim=1)
         joint = self.norm_self(joint + self.drop(self.self_attn(joint, joint, joint_mask)))
         queries, text = joint[:, :nq], joint[:, nq:]
         queries = self.norm_cross(queries + self.drop(self.cross_attn(queries, image, image_mask)))
@@ -106,7 +115,9 @@ class MMQFormer(nn.Module):
     Shapes:
         text (B, Nt, d), text_mask (B, Nt) bool, image (B, Np, d), image_mask (B, Np) bool
         -> queries (B, Nq, d). Padding nodes are never attended to; a sample with no image
-        node gets no cross-attention update.
+        node gets no cross-attention update. ``queries`` (B, Nq', d) with ``query_mask``
+        (B, Nq') replace the learnt queries as the starting point (per-image queries:
+        :class:`g4mm.model.adapters.Graph4MMAdapter`); masked ones are never attended to.
     """
 
     def __init__(
@@ -126,8 +137,17 @@ class MMQFormer(nn.Module):
             MMQFormerLayer(dim, num_heads, ffn_mult, dropout) for _ in range(num_layers)
         )
 
-    def forward(self, text: Tensor, text_mask: Tensor, image: Tensor, image_mask: Tensor) -> Tensor:
-        queries = self.queries.to(text.dtype).expand(text.shape[0], -1, -1)  # (B, Nq, d)
+    def forward(
+        self,
+        text: Tensor,
+        text_mask: Tensor,
+        image: Tensor,
+        image_mask: Tensor,
+        queries: Tensor | None = None,
+        query_mask: Tensor | None = None,
+    ) -> Tensor:
+        if queries is None:
+            queries = self.queries.to(text.dtype).expand(text.shape[0], -1, -1)  # (B, Nq, d)
         for layer in self.layers:
-            queries, text = layer(queries, text, text_mask, image, image_mask)
+            queries, text = layer(queries, text, text_mask, image, image_mask, query_mask)
         return queries

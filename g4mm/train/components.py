@@ -21,6 +21,7 @@ from g4mm.eval import evaluate_rows
 from g4mm.model import Graph4MM
 from g4mm.model.encoders import image_feature_dim, text_feature_dim
 from g4mm.model.inputs import Graph4MMInputs
+from g4mm.model.layout import LayoutSpec
 from g4mm.train.loop import frozen_dtype_for
 
 
@@ -76,9 +77,7 @@ def build_components(cfg: Any, prep_dir: str, device: torch.device) -> Component
         image_features=image_features,
         text_dim=text_feature_dim(model.lm),
         image_dim=image_feature_dim(model.vision),
-        max_text_nodes=cfg.data.max_text_nodes,
-        max_image_nodes=cfg.data.max_image_nodes,
-        max_prompt_tokens=cfg.data.max_prompt_tokens,
+        layout=LayoutSpec.from_config(cfg, model.bare_adapter.token_groups),
         max_target_tokens=cfg.data.max_target_tokens,
     )
     return Components(model, collator, all_class_names(prep_dir), device)

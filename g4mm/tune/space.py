@@ -15,7 +15,9 @@ A space file lists parameters in sampling order; each sets one config field::
   config), ``float`` or ``int`` (``low`` <= value <= ``high``, optional ``log`` and ``step``).
 - ``when``: sample the parameter only when every named earlier categorical parameter took
   one of the listed values; otherwise it does not exist in that trial (Optuna's define-by-run
-  style), and the config keeps its own value.
+  style), and the config keeps its own value. A ``when`` key that is a config field
+  (``model.token_placement: [at_images]``) is a condition on the experiment config: where it
+  fails the parameter is not part of the sweep at all (:meth:`SearchSpace.resolve`).
 
 A trial's config is the experiment config with each sampled value written to its ``target``
 (:func:`trial_config`). This module needs only PyYAML (Optuna is imported where a study is
@@ -82,6 +84,7 @@ class Param:
         log: sample on a log scale.
         step: discretisation step (None = continuous floats / step 1 ints).
         when: earlier categorical parameter -> the values for which this one exists.
+        when_config: dotted config field -> the values for which this one is in the sweep.
     """
 
     name: str
@@ -94,6 +97,7 @@ class Param:
     log: bool = False
     step: float | None = None
     when: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    when_config: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def active(self, values: Mapping[str, Any]) -> bool:
         """Whether this parameter exists given the values sampled before it."""
@@ -135,7 +139,8 @@ class Param:
             dist = f"one of {list(self.choices) or self.choices_from}"
         else:
             dist = f"{self.type} [{self.low}, {self.high}]" + (" log" if self.log else "")
-        cond = "".join(f" when {k} in {list(v)}" for k, v in self.when.items())
+        conditions = {**self.when_config, **self.when}
+        cond = "".join(f" when {k} in {list(v)}" for k, v in conditions.items())
         return f"{self.name}: {dist} -> {self.target}{cond}"
 
 
@@ -182,6 +187,8 @@ class SearchSpace:
         flat = cfg.to_flat_dict()
         params, errors = [], []
         for p in self.params:
+            if any(flat[k] not in allowed for k, allowed in p.when_config.items()):
+                continue  # not a parameter of sweeps of this config
             if p.choices_from is not None:
                 choices = flat[p.choices_from]
                 if not isinstance(choices, (list, tuple)) or not choices:
@@ -196,7 +203,10 @@ class SearchSpace:
         for p in resolved.params:
             for name, allowed in p.when.items():
                 other = resolved.get(name)
-                bad = [v for v in allowed if other is not None and v not in other.choices]
+                if other is None:
+                    errors.append(f"{p.name}: when {name}: {name} is not part of this sweep")
+                    continue
+                bad = [v for v in allowed if v not in other.choices]
                 if bad:
                     errors.append(
                         f"{p.name}: when {name} in {bad}: not among {name}'s choices "
@@ -224,8 +234,8 @@ class SearchSpace:
                     d["log"] = True
                 if p.step is not None:
                     d["step"] = p.step
-            if p.when:
-                d["when"] = {k: list(v) for k, v in p.when.items()}
+            if p.when or p.when_config:
+                d["when"] = {k: list(v) for k, v in {**p.when_config, **p.when}.items()}
             out[p.name] = d
         return {"description": self.description, "parameters": out}
 
@@ -285,11 +295,18 @@ def _parse_param(where: str, name: str, body: Any, earlier: dict[str, Param]) ->
     if not isinstance(target, str) or not _known_field(target):
         raise SpaceError(f"{where}: target = {target!r}: expected a config field like model.alpha")
     when: dict[str, tuple[Any, ...]] = {}
+    when_config: dict[str, tuple[Any, ...]] = {}
     for other, allowed in (body.get("when") or {}).items():
-        if other not in earlier or earlier[other].type != "categorical":
-            raise SpaceError(f"{where}: when {other!r}: must name an earlier categorical parameter")
-        values = allowed if isinstance(allowed, list) else [allowed]
-        when[other] = tuple(values)
+        values = tuple(allowed if isinstance(allowed, list) else [allowed])
+        if "." in str(other) and _known_field(str(other)):
+            when_config[str(other)] = values
+        elif other in earlier and earlier[other].type == "categorical":
+            when[other] = values
+        else:
+            raise SpaceError(
+                f"{where}: when {other!r}: must name an earlier categorical parameter or a "
+                "config field (e.g. model.token_placement)"
+            )
     if kind == "categorical":
         choices, source = body.get("choices"), body.get("choices_from")
         if (choices is None) == (source is None):
@@ -301,7 +318,9 @@ def _parse_param(where: str, name: str, body: Any, earlier: dict[str, Param]) ->
         extra = {k for k in ("low", "high", "log", "step") if k in body}
         if extra:
             raise SpaceError(f"{where}: {sorted(extra)} do not apply to a categorical parameter")
-        return Param(name, target, kind, tuple(choices or ()), source, when=when)
+        return Param(
+            name, target, kind, tuple(choices or ()), source, when=when, when_config=when_config
+        )
     integer = kind == "int"
     if "low" not in body or "high" not in body:
         raise SpaceError(f"{where}: a {kind} parameter needs low and high")
@@ -321,7 +340,10 @@ def _parse_param(where: str, name: str, body: Any, earlier: dict[str, Param]) ->
             raise SpaceError(f"{where}: step = {step}: must be > 0 and not combined with log")
     if "choices" in body or "choices_from" in body:
         raise SpaceError(f"{where}: choices apply to categorical parameters only")
-    return Param(name, target, kind, low=low, high=high, log=log, step=step, when=when)
+    return Param(
+        name, target, kind, low=low, high=high, log=log, step=step, when=when,
+        when_config=when_config,
+    )  # fmt: skip
 
 
 def load_space(
