@@ -32,11 +32,12 @@ def save_checkpoint(directory: str | os.PathLike[str], state: dict[str, Any]) ->
 
 
 def training_state(model, optimizer, scheduler, step: int, cfg, history: list[dict]) -> dict:
-    """Everything needed to resume, as weights-only-loadable objects."""
+    """Everything needed to resume, as weights-only-loadable objects (``optimizer`` and
+    ``scheduler`` None for an adapter with nothing to train: empty states)."""
     return {
         "adapter": model.adapter_state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        "optimizer": {} if optimizer is None else optimizer.state_dict(),
+        "scheduler": {} if scheduler is None else scheduler.state_dict(),
         "step": step,
         "history": history,
         "model_signature": model_signature(cfg.model),

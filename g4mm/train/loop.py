@@ -201,6 +201,48 @@ def adapter_without_ddp(model: Any, enabled: bool) -> Iterator[None]:
         model.adapter = wrapped
 
 
+def has_trainable_parameters(model: Any) -> bool:
+    """Whether the adapter has anything to train (``text_only`` under the raw layout has
+    not: the frozen LM reads the raw text alone)."""
+    return any(p.requires_grad for p in model.adapter.parameters())
+
+
+def _evaluate_untrained(
+    model: Any,
+    batches: Iterator[Graph4MMInputs],
+    cfg: Any,
+    device: torch.device,
+    report: Report,
+    evaluate: Callable[[], dict[str, float]] | None,
+    is_main: bool,
+    log: Callable[[str], None],
+    collate_counts: Callable[[], dict[str, int]] | None,
+) -> list[dict[str, Any]]:
+    """:func:`train_loop` for an adapter without parameters: no step to take; one report
+    at step 0 with the frozen model's loss on one training batch and its validation metrics."""
+    if is_main:
+        log(
+            f"nothing to train: variant {cfg.model.variant!r} under context "
+            f"{cfg.model.context!r} has no trainable parameter; evaluating the frozen model"
+        )
+    start = time.perf_counter()
+    model.eval()
+    with torch.no_grad(), autocast_for(device, cfg.train.precision):
+        loss = model(to_device(next(batches), device)).loss.item()
+    metrics: dict[str, Any] = {
+        "step": 0, "train_loss": loss, "samples_per_s": 0.0, "lr": 0.0,
+        "resumed_from_step": 0, "elapsed_s": time.perf_counter() - start,
+    }  # fmt: skip
+    if is_main and evaluate is not None:
+        metrics.update({f"val_{k}": v for k, v in evaluate().items()})
+    if collate_counts is not None:
+        metrics.update(collate_counts())
+    history = [metrics]
+    state = training_state(model, None, None, 0, cfg, history) if is_main else None
+    report(metrics, state)
+    return history
+
+
 def format_eta(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
@@ -247,6 +289,10 @@ def train_loop(
         The history: one metrics dict per evaluation (from the start, across resumes).
     """
     train_cfg = cfg.train
+    if not has_trainable_parameters(model):
+        return _evaluate_untrained(
+            model, batches, cfg, device, report, evaluate, is_main, log, collate_counts
+        )
     data_parallel = is_data_parallel(model, train_cfg, no_sync)
     graphed = use_step_graph(train_cfg, device, data_parallel=data_parallel, log=log)
     optimizer = build_optimizer(model, train_cfg, device, capturable=graphed)

@@ -43,7 +43,7 @@ from g4mm.train.components import (
 )
 from g4mm.train.grad_sync import broadcast_module
 from g4mm.train.local import limit
-from g4mm.train.loop import adapter_without_ddp, train_loop
+from g4mm.train.loop import adapter_without_ddp, has_trainable_parameters, train_loop
 from g4mm.train.selection import is_score, ranking, score_key
 
 
@@ -162,7 +162,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # the diffusion weights are a constant buffer: nothing to broadcast. With train.step_graph
     # no DDP at all (its reducer breaks CUDA-graph capture): the loop averages gradients
     # itself and the ranks start from rank 0's weights (g4mm.train.grad_sync)
-    if cfg.train.step_graph:
+    if not has_trainable_parameters(model):  # nothing to synchronise (text_only, raw)
+        model.adapter.to(device)
+    elif cfg.train.step_graph:
         model.adapter = ray.train.torch.prepare_model(model.adapter, parallel_strategy=None)
         broadcast_module(model.adapter)
     else:
