@@ -63,10 +63,23 @@ def test_the_config_commands_are_found():
 
 @pytest.mark.parametrize("command", CONFIG_COMMANDS, ids=lambda c: c[-1])
 def test_a_bad_config_value_is_a_usage_error_naming_the_field(command, tmp_path):
+    out = str(tmp_path / "out")
+    where = ["--prep", out] if command == ["jobs/inspect.py"] else ["--output", out]
     proc = subprocess.run(
-        [sys.executable, *command, "--set", "model.alpha=2", "--output", str(tmp_path / "out")],
+        [sys.executable, *command, "--set", "model.alpha=2", *where],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "model.alpha = 2" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()  # refused before it writes anything
+
+
+def test_jobs_inspect_does_not_shadow_the_standard_librarys_inspect():
+    """``python jobs/<job>.py`` puts jobs/ first on sys.path, where inspect.py sits: importing
+    ``inspect`` from there must still give the standard library's module."""
+    code = (
+        "import sys; sys.path.insert(0, 'jobs'); import inspect, dataclasses; "
+        "assert callable(inspect.signature) and 'jobs' not in inspect.__file__, inspect.__file__"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr

@@ -374,3 +374,40 @@ def test_ray_training_epochs_read_the_train_split_in_new_orders(docs_run):
         assert epoch != stored
     assert first[0] != first[1]
     assert again == first
+
+
+@pytest.mark.slow
+def test_inspect_shows_what_the_lm_reads_for_each_variant(docs_run):
+    """jobs/inspect.py on the WikiWeb2M-format default input: the sample id first, then the
+    target's own text, its neighbours' sections, graph tokens at each image (hop_diffused,
+    at_images), none for text_only, and the target."""
+    cfg, _out, report, _ = docs_run
+    prep = report["output"]
+    rows = pq.read_table(str(Path(prep) / "samples" / "val")).to_pylist()
+    row = min(rows, key=lambda r: r["sample_id"])  # --index 0: the first in sample_id order
+
+    def inspect(*overrides: str) -> list[str]:
+        proc = subprocess.run(
+            [sys.executable, "jobs/inspect.py", "--prep", prep, "--split", "val",
+             "--index", "0", "--config", "smoke", "--set",
+             f"data.artifact_dir={cfg.data.artifact_dir}", *overrides],
+            capture_output=True, text=True, cwd=ROOT,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.splitlines()
+
+    lines = inspect("--set", "model.token_placement=at_images")
+    assert lines[0] == row["sample_id"]
+    text = "\n".join(lines)
+    read = lines[lines.index("# what the frozen LM reads:") + 1]
+    for segment in row["text_segments"]:
+        assert segment.split(".")[0] in read  # every text node of G_t
+    assert row["target_text"] not in read and row["target_text"] in text  # the target after
+    k = cfg.model.tokens_per_image
+    assert read.count(f"<{k} graph tokens: image ") == len(row["image_paths"])
+    assert "graph tokens" not in "\n".join(inspect("--set", "model.variant=text_only"))
+    after = "\n".join(inspect())  # the smoke config's after_text: Nq tokens after the cue
+    assert f"<{cfg.model.num_query_tokens} graph tokens: queries>" in after
+    proc = subprocess.run([sys.executable, "jobs/inspect.py", "--help"], capture_output=True,
+                          text=True, cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 0 and "--prep" in proc.stdout
