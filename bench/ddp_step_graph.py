@@ -33,18 +33,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 WORLD, STEPS = 2, 8
-#: (prompt, target) widths: two padded shapes at pad 16, (16, 16) and (32, 16)
+#: (prompt, target) widths, the 4 query slots included: two padded shapes at pad 16, (16, 16)
+#: and (32, 16)
 WIDTHS = [(12, 5), (20, 9), (14, 6), (24, 12), (9, 4), (17, 11)]
 
 
 def _rank_run(rank: int, device: str, init_file: str, out_dir: str) -> None:
     """One rank: the plain DDP loop, then the step-graph loop, on this rank's batches."""
-    from conftest import CORPUS, random_inputs
-    from gpu_check import tiny_model
+    from conftest import CORPUS
+    from gpu_check import tiny_batch, tiny_model
     from torch.nn.parallel import DistributedDataParallel
 
     from g4mm.config import ExperimentConfig
-    from g4mm.model.encoders import image_feature_dim, text_feature_dim
     from g4mm.model.tiny import train_tokenizer
     from g4mm.train.grad_sync import broadcast_module
     from g4mm.train.loop import frozen_dtype_for, train_loop
@@ -65,9 +65,8 @@ def _rank_run(rank: int, device: str, init_file: str, out_dir: str) -> None:
             else:
                 model.adapter = DistributedDataParallel(model.adapter)  # as Ray Train wraps it
             batches = [
-                random_inputs(4, text_feature_dim(model.lm), image_feature_dim(model.vision),
-                              len(tokenizer), tokenizer.pad_token_id, seed=100 * rank + i,
-                              prompt_len=p, target_len=t)
+                tiny_batch(model, tokenizer, 4, seed=100 * rank + i, prompt_len=p - 4,
+                           target_len=t)
                 for i, (p, t) in enumerate(WIDTHS)
             ]  # fmt: skip
             if not graphed:  # the shapes the step graph records: the same kernels run

@@ -88,11 +88,7 @@ def time_generate(model, inputs, new_tokens: int, use_cache: bool, repeats: int,
 
 def same_tokens_fp32(model, inputs, new_tokens: int) -> bool:
     """Cached and uncached greedy agree token for token in fp32 (first 2 samples)."""
-    head = type(inputs)(
-        inputs.prompt_ids[:2], inputs.prompt_mask[:2],
-        *(type(m)(m.feats[:2], m.mask[:2], m.adj[:2], m.hops[:2])
-          for m in (inputs.text, inputs.image)),
-    )  # fmt: skip
+    head = inputs.map_tensors(lambda t: t[:2])
     with torch.inference_mode():
         cached = decode(model, head, new_tokens, True)
         uncached = decode(model, head, new_tokens, False)

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from conftest import CORPUS, random_inputs
+from conftest import CORPUS, random_inputs, with_soft_tokens
 from generate import greedy_without_cache
 
 from g4mm.model import Graph4MM, HopDiffusedAttention, build_adapter
@@ -37,8 +37,19 @@ def tiny_model(kind: str, variant: str, device: str, tokenizer, impl: str = "den
         variant, text_feature_dim(lm), image_feature_dim(vision),
         lm.get_input_embeddings().embedding_dim, hidden_dim=32, num_heads=4, alpha=0.1,
         num_hops=3, num_query_tokens=4, qformer_layers=1, dropout=0.0, diffusion_impl=impl,
+        context="pooled", token_placement="after_text",
     )  # fmt: skip
     return Graph4MM(lm, adapter, vision, tokenizer, processor, variant).to(device)
+
+
+def tiny_batch(model: Graph4MM, tokenizer, b: int, **kwargs):
+    """A random batch for ``model`` (:func:`tiny_model`): its 4 query tokens after every
+    prompt, so a batch of prompt_len P is P + 4 columns wide."""
+    inputs = random_inputs(
+        b, text_feature_dim(model.lm), image_feature_dim(model.vision), len(tokenizer),
+        tokenizer.pad_token_id, **kwargs,
+    )  # fmt: skip
+    return with_soft_tokens(inputs, model.bare_adapter, tokenizer.pad_token_id)
 
 
 def timed(fn, repeats: int = 20) -> float:
@@ -76,10 +87,7 @@ def run_checks(device: str, cudnn: bool = True) -> list[tuple[str, str, str]]:
 
     for kind in ("opt", "llama"):
         model = tiny_model(kind, "hop_diffused", device, tokenizer)
-        inputs = random_inputs(
-            8, text_feature_dim(model.lm), image_feature_dim(model.vision), len(tokenizer),
-            tokenizer.pad_token_id, seed=1,
-        ).to(device)  # fmt: skip
+        inputs = tiny_batch(model, tokenizer, 8, seed=1).to(device)
         # 2a. the model's sparse diffusion path on the GPU equals its dense path
         sparse_model = tiny_model(kind, "hop_diffused", device, tokenizer, impl="sparse").eval()
         sparse_model.load_adapter_state_dict(model.adapter_state_dict())
@@ -251,9 +259,7 @@ def step_graph_check(
         model.cast_frozen(frozen_dtype_for(dev, "auto", "auto"))
         start = model.adapter_state_dict()
         batches = [
-            random_inputs(4, text_feature_dim(model.lm), image_feature_dim(model.vision),
-                          len(tokenizer), tokenizer.pad_token_id, seed=i, prompt_len=p,
-                          target_len=t)
+            tiny_batch(model, tokenizer, 4, seed=i, prompt_len=p - 4, target_len=t)
             for i, (p, t) in enumerate(widths)
         ]  # fmt: skip
         if not graphed:  # the shapes the step graph records
@@ -277,7 +283,7 @@ def step_graph_check(
     if cudnn:
         from lm_alone import sdpa_kernel_name
 
-        width = sum(graph_shape(batches[0], 16)) + model.bare_adapter.qformer.queries.shape[0]
+        width = sum(graph_shape(batches[0], 16))  # the query tokens are prompt columns
         kernel = sdpa_kernel_name(model.lm, batches[0].batch_size, width, cudnn=True)
         what += f" + cuDNN attention first (SDPA {kernel} at its first recorded shape)"
     return (

@@ -1,7 +1,8 @@
 """Training-step throughput: the project's real step beside the official-shaped step, one run.
 
-Ours is the real thing: :class:`g4mm.model.Graph4MM` (hop-diffused adapter, 20 query tokens,
-MM-QFormer) over an OPT-125M-shaped LM built from an ``OPTConfig`` with random weights (no
+Ours is the real thing: :class:`g4mm.model.Graph4MM` (hop-diffused adapter, MM-QFormer, the
+raw layout of the real-data configs: 4 graph tokens per image, 5 images, written into slots
+among the text) over an OPT-125M-shaped LM built from an ``OPTConfig`` with random weights (no
 download), trained by :func:`g4mm.train.loop.train_loop` itself (pinned non-blocking batch
 copies, bf16 autocast on CUDA, SDPA, the padding-free causal layout of ``Graph4MM.forward`` with
 logits at target positions only, fused AdamW, clipping, the LR schedule), on cached node features
@@ -9,8 +10,10 @@ logits at target positions only, fused AdamW, clipping, the LR schedule), on cac
 official code's shapes: fp32, eager attention, the frozen text encoder and CLIP run every step,
 everything padded to 1024 + 128), imported from ``--anchor`` and timed in the same process.
 
-Sequence per sample: prompt + 20 soft tokens + target; at most 1004 + 20 + 128 = 1152 tokens,
-the official step's 1024 input (soft tokens included) + 128 output tokens.
+Sequence per sample: the raw layout's input (text with 5 runs of 4 graph-token slots spread
+through it, as ``model.token_placement: at_images`` puts them at the images' captions) +
+target; at most 1004 + 20 + 128 = 1152 tokens, the official step's 1024 input (slots
+included) + 128 output tokens.
 
 - ``full``: every sample at the maximum (1152 tokens: no padding anywhere, like-for-like with
   the official step, whose every sample is padded to 1152);
@@ -171,11 +174,13 @@ def build_model(shape: Shape, device: torch.device, seed: int = 0) -> Graph4MM:
         shape.hidden,
         shape.hidden,
         shape.hidden,
+        context="raw",
+        token_placement="at_images",
+        tokens_per_image=shape.queries // shape.image_nodes,
         hidden_dim=shape.adapter_hidden,
         num_heads=shape.adapter_heads,
         alpha=0.1,
         num_hops=3,
-        num_query_tokens=shape.queries,
         qformer_layers=1,
         dropout=0.1,
         diffusion_impl="dense",
@@ -183,13 +188,32 @@ def build_model(shape: Shape, device: torch.device, seed: int = 0) -> Graph4MM:
     return Graph4MM(lm, adapter).to(device)
 
 
+def raw_slots(text: int, shape: Shape) -> list[int]:
+    """One row's slot indices (-1 at text) in the raw layout's at_images shape: ``text`` text
+    tokens with image j's ``k`` slots (soft tokens ``j k .. j k + k - 1``) after the j-th of
+    ``image_nodes`` equal stretches of it."""
+    k = shape.queries // shape.image_nodes
+    row: list[int] = []
+    bounds = [round(text * (j + 1) / shape.image_nodes) for j in range(shape.image_nodes)]
+    start = 0
+    for j, end in enumerate(bounds):
+        row += [-1] * (end - start) + list(range(j * k, (j + 1) * k))
+        start = end
+    return row
+
+
 def make_batch(prompts: list[int], targets: list[int], shape: Shape, gen) -> Graph4MMInputs:
-    """A collated host batch as :class:`g4mm.data.collate.GraphCollator` lays it out: prompts
-    left-padded, targets right-padded (each to the batch's longest), full node sets with
-    random edges, random features and token ids."""
-    b, width, t_width = len(prompts), max(prompts), max(targets)
+    """A collated host batch as :class:`g4mm.data.collate.GraphCollator` lays it out: inputs
+    (``prompts`` text tokens each, plus the slots of :func:`raw_slots`) left-padded, targets
+    right-padded (each to the batch's longest), full node sets with random edges, random
+    features and token ids."""
+    rows = [raw_slots(p, shape) for p in prompts]
+    b, width, t_width = len(prompts), max(map(len, rows)), max(targets)
     cols = torch.arange(width)
-    prompt_mask = cols[None] >= (width - torch.tensor(prompts))[:, None]
+    prompt_mask = cols[None] >= (width - torch.tensor([len(r) for r in rows]))[:, None]
+    slot_index = torch.full((b, width), -1, dtype=torch.long)
+    for i, row in enumerate(rows):
+        slot_index[i, width - len(row) :] = torch.tensor(row)
     prompt_ids = torch.randint(4, shape.vocab, (b, width), generator=gen).masked_fill(
         ~prompt_mask, 1
     )
@@ -212,6 +236,7 @@ def make_batch(prompts: list[int], targets: list[int], shape: Shape, gen) -> Gra
         modality(shape.image_nodes),
         target_ids,
         target_mask,
+        slot_index=slot_index,
     )
 
 
@@ -330,13 +355,12 @@ def time_ours(
 
     model.compile_parts(False)
     model.cast_frozen(frozen_dtype_for(device, "auto", plan.frozen))
-    q = model.bare_adapter.qformer.queries.shape[0]  # soft tokens per sample
     kernel = None
     if plan.cudnn:  # name the kernel SDPA picks: a tried-first backend may be passed over
         first = batches[0]
         if plan.step_graph:  # the width the recorded step runs at
             first = first.padded_to(*graph_shape(first, ExperimentConfig().train.step_graph_pad))
-        width = first.prompt_ids.shape[1] + q + first.target_ids.shape[1]
+        width = first.prompt_ids.shape[1] + first.target_ids.shape[1]  # slots in the prompt
         kernel = f"SDPA {sdpa_kernel_name(model.lm, first.batch_size, width, cudnn=True)}"
     if plan.compile_lm:
         fresh_dynamo()
@@ -356,12 +380,12 @@ def time_ours(
     used = list(itertools.islice(itertools.cycle(batches), warmup, warmup + steps))
     samples = sum(b.batch_size for b in used)
     real = [(int(b.prompt_mask.sum()), int(b.target_mask.sum())) for b in used]
-    tokens = sum(p + t for p, t in real) + samples * q
+    tokens = sum(p + t for p, t in real)  # the slots are real prompt columns
     flops = 0.0
     for b in used:
         n = (b.prompt_mask.sum(1) + b.target_mask.sum(1)).tolist()
         t = b.target_mask.sum(1).tolist()
-        flops += sum(lm_train_flops(model.lm.config, k + q, j) for k, j in zip(n, t, strict=True))
+        flops += sum(lm_train_flops(model.lm.config, k, j) for k, j in zip(n, t, strict=True))
     compiled = model.is_compiled
     note = [m for m in notes if "compile" in m or (m.startswith("step graph: ") and "graphs" in m)]
     note = [kernel, *note] if kernel else note
@@ -373,7 +397,7 @@ def time_ours(
         "tokens": tokens,
         "flops": flops,
         "padded_tokens": sum(
-            b.batch_size * (b.prompt_ids.shape[1] + q + b.target_ids.shape[1]) for b in used
+            b.batch_size * (b.prompt_ids.shape[1] + b.target_ids.shape[1]) for b in used
         ),
         "compiled": compiled,
         "note": "; ".join(note)[:120],
