@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import random_inputs
+from conftest import random_inputs, with_soft_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -298,14 +298,13 @@ def test_padding_free_forward_matches_the_masked_path(tiny_backbones, tokenizer)
     for lm_name in ("opt", "llama"):
         for variant in ("hop_diffused", "mmgl_concat"):
             model = make_model(tiny_backbones, variant, lm_name).eval()
-            inputs = random_inputs(
-                6,
-                _text_dim(model),
-                _image_dim(model),
-                len(tokenizer),
-                tokenizer.pad_token_id,
-                seed=3,
-            )
+            inputs = with_soft_tokens(
+                random_inputs(
+                    6, _text_dim(model), _image_dim(model), len(tokenizer),
+                    tokenizer.pad_token_id, seed=3,
+                ),
+                model.bare_adapter, tokenizer.pad_token_id,
+            )  # fmt: skip
             with torch.no_grad():
                 packed = model(inputs).logits
                 masked = model._masked_target_logits(inputs)
@@ -320,13 +319,11 @@ def test_padding_free_forward_matches_the_masked_path(tiny_backbones, tokenizer)
 
 
 def _text_dim(model) -> int:
-    from g4mm.model.encoders import text_feature_dim
 
     return text_feature_dim(model.lm)
 
 
 def _image_dim(model) -> int:
-    from g4mm.model.encoders import image_feature_dim
 
     return image_feature_dim(model.vision)
 
@@ -421,8 +418,7 @@ def test_gpu_check_training_default_check_runs_on_cpu(tokenizer):
     import gpu_check
 
     model = gpu_check.tiny_model("opt", "hop_diffused", "cpu", tokenizer)
-    inputs = random_inputs(3, text_feature_dim(model.lm), image_feature_dim(model.vision),
-                           len(tokenizer), tokenizer.pad_token_id)  # fmt: skip
+    inputs = gpu_check.tiny_batch(model, tokenizer, 3)
     name, result, verdict = gpu_check.bf16_stored_training_check("opt", "cpu", tokenizer, inputs)
     assert verdict == "PASS", result
     assert "stored float32" in name and "LM frozen True" in result

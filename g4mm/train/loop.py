@@ -202,9 +202,10 @@ def adapter_without_ddp(model: Any, enabled: bool) -> Iterator[None]:
 
 
 def has_trainable_parameters(model: Any) -> bool:
-    """Whether the adapter has anything to train (``text_only`` under the raw layout has
-    not: the frozen LM reads the raw text alone)."""
-    return any(p.requires_grad for p in model.adapter.parameters())
+    """Whether the optimizer would have anything to train (``model.parameter_groups``: the
+    adapter's; ``text_only`` under the raw layout has none, the frozen LM reads the raw text
+    alone)."""
+    return any(p.requires_grad for group in model.parameter_groups(0.0) for p in group["params"])
 
 
 def _evaluate_untrained(
