@@ -98,7 +98,7 @@ def test_docs_layout_and_counts(docs, pages):
 
 
 def test_docs_records_use_official_fields(pages):
-    splits = Counter()
+    splits, after_child = Counter(), 0
     for context, seq in pages:
         assert set(context) == CONTEXT_FIELDS
         assert set(seq) == SEQUENCE_FIELDS
@@ -107,13 +107,16 @@ def test_docs_records_use_official_fields(pages):
         splits[context["split"][0]] += 1
         for i in range(n):
             parent = seq["section_parent_index"][i][0]
-            assert -1 <= parent < i
+            assert -1 <= parent < n and parent != i
+            after_child += parent > i
             depth = seq["section_depth"][i][0]
             assert depth == (0 if parent < 0 else seq["section_depth"][parent][0] + 1)
             assert seq["section_heading_level"][i] == [depth + 2]
             assert len(seq["section_image_url"][i]) == len(seq["section_image_captions"][i])
             assert seq["is_section_summarization_sample"][i][0] in (0, 1)
     assert set(splits) == {"train", "val", "test"}
+    # sections are listed in a random order: reading order says nothing of the tree
+    assert after_child > 0
 
 
 def test_docs_images_and_manifest(docs, meta):
@@ -269,13 +272,18 @@ def test_lm_copy_documents_hint_names_exactly_what_the_prompt_lacks():
     docs = lm_copy_documents("synthetic-docs", 200, seed=3)
     assert docs == lm_copy_documents("synthetic-docs", 200, seed=3)
     assert docs != lm_copy_documents("synthetic-docs", 200, seed=4)
+    lengths = Counter()
     for context, answer in docs:
-        prompt, hint = context.split(" year. ")
-        topic = prompt.split("Section: ")[1].split(".")[0]
+        # the raw layout of a fresh page: its own text first, its neighbours', the cue, and
+        # the hint where after_text puts the graph tokens
+        text, hint = context.split(", summary: ")
+        assert text.startswith("summarize: ")
+        topic = text.removeprefix("summarize: ").split(".")[0]
         assert answer == f"the {topic} section {hint}."  # the hint is the answer's tail
-        parent = hint.split()[1]
-        assert parent != topic and parent not in _words(prompt)
-        assert not ATTRIBUTE_WORDS & _words(prompt)  # visual words only in the hint
+        assert hint.split()[1] != topic  # the parent
+        assert not ATTRIBUTE_WORDS & _words(text)  # visual words only in the hint
+        lengths[text.count(" section ") // 5] += 1  # every neighbourhood size
+    assert len(lengths) >= 2
     assert len({a for _, a in docs}) == len(docs)  # fresh draws, no repeats
     for context, answer in lm_copy_documents("synthetic-products", 50, seed=0):
         assert answer in PRODUCT_CLASS_NAMES and context.endswith(f"Category: {answer}")

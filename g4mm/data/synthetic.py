@@ -30,22 +30,36 @@ Images show ``count`` (1-3) filled shapes of one colour on a light, textured bac
 - hop 2: 1-2 images of ``P`` and 1-2 images of ``T``'s children (distractors), the page or
   grand-parent text, siblings' text. Siblings' and grand-parents' images are at hop 3.
 
-So (1) a text-only model cannot produce the visual words: colour, shape and count words never
-occur in any text field except target sentences, and no other target lies within two hops of a
-target (at most one target per parent; targets' children are never targets); captions are
-"Figure <n>." and file names/URLs carry no attributes. Its best guess is the prior,
-1/6 for the colour, 1/4 for the shape and 1/3 for the count. (2) A structure-blind model that
-sees the neighbourhood's images as a bag cannot tell which is ``T``'s own: the k = 3..5 images
-have pairwise distinct colours, shapes and counts are drawn i.i.d., and which of them is the
-answer is uniformly random, so any function of the bag of images picks the right colour with
-probability at most 1/k. The answer image is identified only by its graph position: it is the
-only image at hop 1, and in the image subgraph it is the only node adjacent to every other
-image (IMAGE_IMAGE edges join it to its parent's and children's images, which are not joined to
-each other). (3) Likewise ``P`` is the only hop-1 text node with further text neighbours
-(children of ``T`` are leaves), so naming the parent topic also needs structure.
-Node order carries no hop: the sample builder puts each sample's neighbours in a seeded random
-order (the target's own text first), so a structure-blind baseline that reads node positions
-(mmgl_concat feeds node tokens to the LM in order) learns nothing from them.
+The LM reads the neighbourhood's text itself (the raw layout, :mod:`g4mm.model.layout`), so
+which slot needs which modality, and where the benchmark's claims hold:
+
+- **topic: text alone.** It is in ``T``'s own text, which the layout reads first; every
+  variant, text_only included, can copy it.
+- **parent: text + text structure.** ``P``'s text is in the LM's input too, but nothing in
+  the text says which section is ``T``'s parent: the record lists the sections in a random
+  order (parent indices follow), titles and sentences name no relation, and depth is not read.
+  Only the text graph does: ``P`` is the one hop-1 text node with further text neighbours
+  (``T``'s children are leaves).
+- **count, colour, shape: images + image structure.** A text-only model cannot produce them:
+  these words never occur in any text field except target sentences, and no other target lies
+  within two hops of a target (at most one target per parent; targets' children are never
+  targets); captions are "Figure <n>." and file names/URLs carry no attributes. Its best guess
+  is the prior, 1/6 for the colour, 1/4 for the shape and 1/3 for the count. A structure-blind
+  model that sees the neighbourhood's images as a bag cannot tell which is ``T``'s own: the
+  k = 3..5 images have pairwise distinct colours, shapes and counts are drawn i.i.d., and
+  which of them is the answer is uniformly random, so any function of the bag picks the right
+  colour with probability at most 1/k. The answer image is identified only by its graph
+  position: it is the only image at hop 1, and in the image subgraph the only node adjacent to
+  every other image (IMAGE_IMAGE edges join it to its parent's and children's images, which
+  are not joined to each other).
+
+That last claim holds where the graph tokens stand after the text (``model.token_placement:
+after_text``, the default config's), with the images in the sample builder's seeded order.
+Under ``at_images`` the layout itself says which image is ``T``'s: its tokens follow ``T``'s own
+text and caption, first in the input, as on real pages, so there the visual slots test reading
+the image, not the structure. Node order carries no hop either: the sample builder puts each
+sample's neighbours in a seeded random order (the target's own text first), so a
+structure-blind baseline that reads node positions learns nothing from them.
 
 **Products task.** Each product's image shows a colour family (crimson, azure, golden, emerald,
 with shade jitter) and a shape from a group (round: circle/ring; angular: square/triangle).
@@ -500,16 +514,13 @@ def slot_accuracy(pairs: Iterable[tuple[str, str]]) -> dict[str, float]:
 def _filler_first(sec: _Section, page_topic: str, rng: np.random.Generator) -> str:
     """A neutral first sentence for a non-target section (no attribute words)."""
     verb, noun = rng.choice(_VERBS), rng.choice(_NOUNS)
-    return f"the {sec.topic} section {verb} the {noun} of the {page_topic}."
+    return f"the {sec.topic} section {verb} the {noun}."
 
 
 def _rest_sentence(sec: _Section, rng: np.random.Generator) -> str:
-    """Body text containing the section's topic word."""
-    a, b = rng.choice(_NOUNS, size=2, replace=False)
-    return (
-        f"the {sec.topic} was known to {a} and {b} of the {rng.choice(_PLACES)}. "
-        f"many {rng.choice(_NOUNS)} came to the {sec.topic} each year."
-    )
+    """Body text containing the section's topic word (short: the raw layout reads up to a
+    dozen sections)."""
+    return f"the {sec.topic} was known to {rng.choice(_NOUNS)} of the {rng.choice(_PLACES)}."
 
 
 @dataclass
@@ -535,33 +546,41 @@ def _make_page(index: int, split: str, seed: int) -> _Page:
     page_topic = str(rng.choice(_PAGE_TOPICS))
     url = f"https://synthetic-wiki.local/page/{index:05d}"
     title = f"the {page_topic} of the {sections[0].topic}"
+    # the record lists the sections in a random order (parent indices follow), so reading
+    # order tells nothing of the tree: which section is a target's parent is in the graph only
+    order = [int(i) for i in rng.permutation(len(sections))]  # record position -> section
+    position = {sec: p for p, sec in enumerate(order)}
     seq: dict[str, list[list]] = {k: [] for k in _SEQUENCE_FIELDS}
     images: list[tuple[str, str, ImageAttributes, int]] = []
-    for i, sec in enumerate(sections):
+    for p, i in enumerate(order):
+        sec = sections[i]
         names = [_image_name(index, len(images) + k) for k in range(len(sec.images))]
         urls = [f"https://synthetic-wiki.local/images/{n}" for n in names]
-        images += [(u, n, a, i) for u, n, a in zip(urls, names, sec.images, strict=True)]
+        images += [(u, n, a, p) for u, n, a in zip(urls, names, sec.images, strict=True)]
         first = (
             target_sentence(sec.topic, sections[sec.parent].topic, sec.images[0])
             if sec.is_target
             else _filler_first(sec, page_topic, rng)
         )
-        _append_section(seq, sec, first, _rest_sentence(sec, rng), urls, len(images))
+        parent = -1 if sec.parent < 0 else position[sec.parent]
+        _append_section(seq, sec, parent, first, _rest_sentence(sec, rng), urls, len(images))
     verb, noun = rng.choice(_VERBS), rng.choice(_NOUNS)
     context = {
         "split": [split],
         "page_url": [url],
         "page_title": [title],
-        "clean_page_description": [
-            f"this {page_topic} {verb} the {sections[0].topic} and its {noun}."
-        ],
+        "clean_page_description": [f"this {page_topic} {verb} the {noun}."],
     }
     meta = {
         "page": index,
         "page_url": url,
         "split": split,
         "targets": [
-            {"section": t, "parent": sections[t].parent, "answer_url": _url_of(images, t)}
+            {
+                "section": position[t],
+                "parent": position[sections[t].parent],
+                "answer_url": _url_of(images, position[t]),
+            }
             for t in targets
         ],
         "images": [{"url": u, "path": n, "section": s, **_attrs_dict(a)} for u, n, a, s in images],
@@ -573,14 +592,21 @@ _SEQUENCE_FIELDS = SEQUENCE_FIELDS  # the official WikiWeb2M per-section field n
 
 
 def _append_section(
-    seq: dict[str, list[list]], sec: _Section, first: str, rest: str, urls: list[str], n_seen: int
+    seq: dict[str, list[list]],
+    sec: _Section,
+    parent: int,
+    first: str,
+    rest: str,
+    urls: list[str],
+    n_seen: int,
 ) -> None:
-    """Append one section's entries to the sequence features (captions "Figure <n>.")."""
+    """Append one section's entries to the sequence features (``parent``: its parent's
+    record position, -1 at top level; captions "Figure <n>.")."""
     first_figure = n_seen - len(urls) + 1
     seq["section_title"].append([sec.topic])
     seq["section_depth"].append([sec.depth])
     seq["section_heading_level"].append([sec.depth + 2])
-    seq["section_parent_index"].append([sec.parent])
+    seq["section_parent_index"].append([parent])
     seq["section_clean_1st_sentence"].append([first])
     seq["section_rest_sentence"].append([rest])
     seq["section_image_url"].append(urls)
@@ -973,44 +999,76 @@ def corpus_texts(
 # ------------------------------------------------------------------- LM copy documents
 
 
-def _docs_copy_document(rng: np.random.Generator) -> tuple[str, str]:
-    """(``<prompt> <hint>``, ``<target>``) for a fresh random section (never a dataset page)."""
-    topic, parent, page_of = (str(t) for t in rng.choice(_TOPICS, size=3, replace=False))
-    sec = _Section(parent=-1, depth=1, topic=topic)
-    prompt = (
-        f"Page: the {rng.choice(_PAGE_TOPICS)} of the {page_of}. Section: {topic}. "
-        + _rest_sentence(sec, rng)
-    )
-    attrs = _random_attrs(rng)
-    target = target_sentence(topic, parent, attrs)
-    hint = target[target.index(" under ") + 1 : -1]  # "under <parent> shows <count> ..."
-    return f"{prompt} {hint}", target
+#: Copy documents come from pages of this index on (a dataset never has as many): fresh
+#: pages from the generator's own distribution, never one of the dataset's.
+_COPY_PAGE_OFFSET = 1_000_000
+
+
+def _docs_copy_documents(n: int, seed: int) -> list[tuple[str, str]]:
+    """``n`` (context, answer) pairs: fresh pages read by the real WikiWeb2M reader and sample
+    builder (tau 2, the default caps, 1 to 12 text nodes), laid out by the raw layout with
+    the hint where ``after_text`` puts the graph tokens (after the cue, before the answer)."""
+    from g4mm.config import DataConfig
+    from g4mm.data.records import ReadStats
+    from g4mm.data.samples import build_samples
+    from g4mm.data.wikiweb2m import read_wikiweb2m_record
+    from g4mm.model.layout import LayoutSpec, TokenGroup, layout_text
+
+    cfg = DataConfig(seed=seed)
+    groups = (TokenGroup("queries", None, 1),)
+    rng = np.random.default_rng([seed, 8])
+    docs: list[tuple[str, str]] = []
+    page_index = _COPY_PAGE_OFFSET
+    while len(docs) < n:
+        page = _make_page(page_index, "train", seed)
+        page_index += 1
+        manifest = {url: Path("/copy-documents") / name for url, name, _, _ in page.images}
+        src = read_wikiweb2m_record(
+            page.record, f"copy:{page_index}", "/copy-documents", manifest, ReadStats(),
+            image_cache=dict.fromkeys(manifest.values(), "ok"),
+        )  # fmt: skip
+        for row in build_samples(src, cfg) if src is not None else []:
+            target = str(row["target_text"])
+            hint = " " + target[target.index(" under ") + 1 : -1]  # "under <parent> shows ..."
+            # neighbourhoods of every size up to the caps (1 to 12 text nodes)
+            texts = int(rng.integers(1, cfg.max_text_nodes + 1))
+            spec = LayoutSpec("raw", "after_text", 10**9, texts, cfg.max_image_nodes, groups)
+            context = layout_text(row, spec, lambda _, hint=hint: hint)
+            docs.append((context, target))
+    return docs[:n]
 
 
 def _products_copy_document(rng: np.random.Generator) -> tuple[str, str]:
-    """(``Product: <text>. Category: <hint>``, ``<class name>``) with a random class name."""
+    """(context, class name) in the products' raw layout, ``"Product: <text> <neighbours'
+    texts> Category:"``, with the class name where ``after_text`` puts the graph tokens."""
     name = str(rng.choice(PRODUCT_CLASS_NAMES))
-    text = _product_text(int(rng.integers(len(_PRODUCT_NOUNS))), rng)
-    return f"Product: {text.rstrip('.')}. Category: {name}", name
+    texts = [
+        _product_text(int(rng.integers(len(_PRODUCT_NOUNS))), rng)
+        for _ in range(1 + int(rng.integers(0, 12)))
+    ]
+    rest = "".join(" " + t for t in texts[1:])
+    return f"Product: {texts[0]}{rest} Category: {name}", name
 
 
 def lm_copy_documents(kind: str, n: int, seed: int) -> list[tuple[str, str]]:
     """``n`` in-context copy documents ``(context, answer)`` in the format of ``kind``'s LM
-    inputs.
+    inputs: what the raw layout (:mod:`g4mm.model.layout`) puts before the target.
 
-    The context is a prompt as the sample builder writes it followed by a *hint* (the words the
-    answer needs that the prompt lacks, where Graph4MM inserts its soft tokens); the answer is
-    the target text, with attributes drawn afresh (no dataset page or product). Pretraining the
-    tiny LM on them (loss on the answer only) gives it the in-context copying a pretrained OPT
-    brings: a frozen LM that cannot read words from
-    its context cannot be steered by soft tokens either, and every variant would collapse to
-    the prior. The hint is the only source of the parent topic and of the visual words, so the
-    LM learns to copy them, not to guess them.
+    The context is a layout of a fresh sample (a page or products drawn afresh: nothing of
+    the dataset) with a *hint* where the graph tokens will go (the words the answer needs
+    that the text lacks: for docs ``"under <parent> shows <count> <colour> <shape>s"``, for
+    products the class name); the answer is the target text. Pretraining the tiny LM on them
+    (loss on the answer only) gives it the in-context copying a pretrained OPT brings: a
+    frozen LM that cannot read words from its context cannot be steered by soft tokens
+    either, and every variant would collapse to the prior. The hint is the only source of
+    the parent topic and of the visual words, so the LM learns to copy them, not to guess
+    them. It stands where ``after_text`` puts the graph tokens, the placement the embedded
+    benchmark uses (:mod:`g4mm.model.layout` says why there).
     """
-    rng = np.random.default_rng([seed, 7])
     if kind == "synthetic-docs":
-        return [_docs_copy_document(rng) for _ in range(n)]
+        return _docs_copy_documents(n, seed)
     if kind == "synthetic-products":
+        rng = np.random.default_rng([seed, 7])
         return [_products_copy_document(rng) for _ in range(n)]
     raise ValueError(
         f"lm_copy_documents: unknown kind {kind!r} (synthetic-docs|synthetic-products)"

@@ -51,7 +51,7 @@ REPORT_NAME = "report.json"
 _EMBED_BATCH = 64
 _SYNTHETIC_READER = {"synthetic-docs": "wikiweb2m", "synthetic-products": "mmgraph"}
 #: In-context copy documents mixed into the tiny LM's pretraining (synthetic datasets).
-COPY_DOCUMENTS = 20_000
+COPY_DOCUMENTS = 6_000
 
 
 class _Progress:
@@ -247,6 +247,17 @@ def _build_backbones(
     return ensure_tiny_backbones(cfg, _corpus(rows), recipes=recipes)
 
 
+def _copy_note(cfg: ExperimentConfig) -> str:
+    """``"; tiny LM held-out copy accuracy 1.00"`` from the tiny LM's stamp, or ``""``."""
+    from g4mm.model.backbones import BACKBONES, read_stamp
+
+    if cfg.model.lm != "tiny":
+        return ""
+    stamp = read_stamp(Path(cfg.data.artifact_dir) / BACKBONES[("lm", "tiny")].local_subdir)
+    accuracy = (stamp or {}).get("held_out_copy_accuracy")
+    return "" if accuracy is None else f"; tiny LM held-out copy accuracy {accuracy:.2f}"
+
+
 # ---------------------------------------------------------------------------------- embed
 
 
@@ -287,7 +298,7 @@ def _embed_stage(
     """
     m, art = cfg.model, cfg.data.artifact_dir
     text_name = m.lm if m.text_encoder == "lm" else m.text_encoder
-    text_ctor = {"name": text_name, "artifact_dir": art, "max_length": cfg.data.max_prompt_tokens}
+    text_ctor = {"name": text_name, "artifact_dir": art, "max_length": cfg.data.max_input_tokens}
     image_ctor = {"name": m.vision, "artifact_dir": art}
     with ThreadPoolExecutor(max_workers=2) as pool:
         text = pool.submit(_embed, texts, TextEmbedder, text_ctor, out / "text", cpus, gpus)
@@ -376,7 +387,8 @@ def run_preprocess(
         texts, images = _unique_values(rows)
         if encoder_fingerprint(cfg) is None or stale_tiny_backbones(cfg):  # tiny: (re)build
             status = _build_backbones(cfg, data_cfg, rows)
-            progress("backbones", f"tiny backbones {status} in {cfg.data.artifact_dir}")
+            progress("backbones", f"tiny backbones {status} in {cfg.data.artifact_dir}"
+                     f"{_copy_note(cfg)}")  # fmt: skip
             stages_run.append("backbones")
         key = cache_key(cfg)
         assert key is not None, "encoders still not resolvable after building backbones"
