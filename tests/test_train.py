@@ -214,15 +214,32 @@ def test_evaluate_reproduces_the_test_metrics(trained, tmp_path):
     assert proc.returncode == 0, tail(proc)
     trained_metrics = json.loads((run / "metrics.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
-    compared = [k for k in ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "cider", "loss")
-                if k in trained_metrics]  # fmt: skip
-    assert {"bleu4", "rougeL", "cider", "loss"} <= set(compared)
+    caption = ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "cider")
+    keys = [*caption, *(f"paper_{k}" for k in caption), "loss"]
+    compared = [k for k in keys if k in trained_metrics]
+    assert set(keys) == set(compared)  # eval.protocol both: COCO's and the paper's keys
     for key in compared:
         assert metrics[key] == pytest.approx(trained_metrics[key], abs=1e-6), key
     assert metrics["split"] == "test" and metrics["step"] == trained_metrics["best_step"]
     ours = {p["sample_id"]: p["prediction"] for p in read_jsonl(out / "predictions.jsonl")}
     theirs = {p["sample_id"]: p["prediction"] for p in read_jsonl(run / "predictions.jsonl")}
     assert ours == theirs
+
+
+@pytest.mark.slow
+def test_a_runs_predictions_file_scores_to_its_metrics(trained, tmp_path):
+    _, run = trained
+    out = tmp_path / "scores.json"
+    proc = run_job("jobs/evaluate.py", "--predictions", str(run / "predictions.jsonl"),
+                   "--protocol", "both", "--json", str(out))  # fmt: skip
+    assert proc.returncode == 0, tail(proc)
+    assert "paper" in proc.stdout and "cider" in proc.stdout
+    scores = json.loads(out.read_text())
+    trained_metrics = json.loads((run / "metrics.json").read_text())
+    assert set(scores) == {k for k in trained_metrics if k.removeprefix("paper_") in (
+        "bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "cider")}  # fmt: skip
+    for key, value in scores.items():
+        assert value == pytest.approx(trained_metrics[key], abs=1e-6), key
 
 
 @pytest.mark.slow

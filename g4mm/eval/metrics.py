@@ -1,9 +1,15 @@
 """Captioning metrics (BLEU-1..4, ROUGE-L, CIDEr via pycocoevalcap) and classification accuracy.
 
-Unlike the official Graph4MM evaluation, predictions and references are treated identically:
-both go through ONE call of pycocoevalcap's Stanford PTB tokenizer (lower-cased, punctuation
-removed), and nothing is cut at the first '.'. So "The cat sat." scores as a perfect match for
-the reference "the cat sat".
+Two protocols (:func:`score_captions`): COCO's, here, and the paper's
+(:mod:`g4mm.eval.paper_protocol`, keys ``paper_*``), which the official code used for the
+paper's table. For the prediction ``"The cat sat. It slept"`` against ``"the cat sat"`` COCO
+gives BLEU-1 0.60 / ROUGE-L 0.79, the paper's protocol 0.67 / 1.00 (it cuts at the '.', keeps
+case in BLEU and lower-cases in ROUGE).
+
+COCO's protocol: unlike the official Graph4MM evaluation, predictions and references are
+treated identically: both go through ONE call of pycocoevalcap's Stanford PTB tokenizer
+(lower-cased, punctuation removed), and nothing is cut at the first '.'. So "The cat sat."
+scores as a perfect match for the reference "the cat sat".
 
 Scores are pycocoevalcap's, on their usual scale: BLEU is corpus-level (n-gram counts pooled over
 all samples, 'closest' reference length for the brevity penalty), ROUGE-L is the mean sentence
@@ -17,7 +23,13 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["CAPTION_METRICS", "accuracy", "caption_metrics", "normalise_caption"]
+__all__ = [
+    "CAPTION_METRICS",
+    "accuracy",
+    "caption_metrics",
+    "normalise_caption",
+    "score_captions",
+]
 
 #: The keys :func:`caption_metrics` returns, in order.
 CAPTION_METRICS: tuple[str, ...] = ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "cider")
@@ -112,6 +124,30 @@ def caption_metrics(
     cider, _ = Cider().compute_score(gts, res)
     scores = [*bleu, rouge, cider]
     return {k: float(v) for k, v in zip(CAPTION_METRICS, scores, strict=True)}
+
+
+def score_captions(
+    predictions: Sequence[str],
+    references: Sequence[str] | Sequence[Sequence[str]],
+    protocol: str = "both",
+) -> dict[str, float]:
+    """Caption metrics under ``protocol``: ``coco`` (:func:`caption_metrics`: ``bleu1`` ..
+    ``cider``), ``paper`` (:func:`g4mm.eval.paper_protocol.paper_caption_metrics`:
+    ``paper_bleu1`` .. ``paper_cider``) or ``both`` (every key of the two).
+
+    The COCO protocol is the field's standard and the one to trust; the paper's is what the
+    numbers in the Graph4MM table were made with, so only ``paper_*`` can be put beside them.
+    """
+    from g4mm.eval.paper_protocol import paper_caption_metrics
+
+    if protocol not in ("coco", "paper", "both"):
+        raise ValueError(f"protocol = {protocol!r}: expected coco|paper|both")
+    scores: dict[str, float] = {}
+    if protocol in ("coco", "both"):
+        scores.update(caption_metrics(predictions, references))
+    if protocol in ("paper", "both"):
+        scores.update(paper_caption_metrics(predictions, references))
+    return scores
 
 
 def accuracy(

@@ -36,7 +36,7 @@ def write_outputs(
     records: list[TrialRecord],
 ) -> dict[str, Any]:
     """Leaderboard, best.yaml, importances, ablation table, plots; returns their summary."""
-    metrics = list(cfg.eval.metrics)
+    metrics = cfg.eval.keys
     rows = leaderboard_rows(records, space.names, spec.metric, metrics, spec.mode)
     title = f"{'grid over variants' if spec.grid else 'search'}: {cfg.name}, by {spec.metric}"
     write_leaderboard(output, rows, title)
