@@ -46,6 +46,7 @@ __all__ = [
     "CONTEXTS",
     "DATASETS",
     "METRICS",
+    "PROTOCOLS",
     "SECTIONS",
     "TOKEN_PLACEMENTS",
     "VARIANTS",
@@ -96,8 +97,38 @@ METRICS: tuple[str, ...] = (
     "rougeL",
     "cider",
     "accuracy",
+    "seen_accuracy",
     "zero_shot_accuracy",
 )
+
+#: The caption metrics of ``eval.metrics``; each is reported once per scoring protocol.
+CAPTION_METRIC_NAMES: tuple[str, ...] = ("bleu1", "bleu2", "bleu3", "bleu4", "rougeL", "cider")
+
+#: How captions are scored (``eval.protocol``): ``coco`` (pycocoevalcap's PTB-tokenised
+#: pipeline, keys ``bleu4``...), ``paper`` (the official Graph4MM code's, keys ``paper_bleu4``...:
+#: :mod:`g4mm.eval.paper_protocol`), or ``both``.
+PROTOCOLS: tuple[str, ...] = ("both", "coco", "paper")
+
+
+def metric_keys(metrics: Sequence[str], protocol: str) -> list[str]:
+    """The keys an evaluation reports for ``eval.metrics`` under ``eval.protocol``.
+
+    Each caption metric ``m`` becomes ``m`` (COCO) and/or ``paper_m`` (the paper's protocol);
+    classification metrics are reported as named, ``zero_shot_accuracy`` with its
+    all-classes twin (:func:`g4mm.eval.evaluate.classification_metrics`). E.g.
+    ``(["bleu4", "cider"], "both")`` -> ``["bleu4", "cider", "paper_bleu4", "paper_cider"]``.
+    """
+    caption = [m for m in metrics if m in CAPTION_METRIC_NAMES]
+    keys = []
+    for m in metrics:
+        if m not in CAPTION_METRIC_NAMES:
+            keys += [m, f"{m}_all_classes"] if m == "zero_shot_accuracy" else [m]
+    if protocol in ("coco", "both"):
+        keys = caption + keys
+    if protocol in ("paper", "both"):
+        keys += [f"paper_{m}" for m in caption]
+    return keys
+
 
 #: Training losses that ``tune.metric`` may name besides the entries of ``eval.metrics``.
 LOSS_METRICS: tuple[str, ...] = ("loss", "val_loss")
@@ -113,6 +144,7 @@ CUDA_GRAPH_MODES: tuple[str, ...] = ("reduce-overhead", "max-autotune")
 COMPILE_MODES: tuple[str, ...] = ("default", *CUDA_GRAPH_MODES, "max-autotune-no-cudagraphs")
 USE_GPU_CHOICES: tuple[str, ...] = ("auto", "true", "false")
 TUNE_MODES: tuple[str, ...] = ("max", "min")
+CLASS_SCORES: tuple[str, ...] = ("mean", "sum")
 TRIAL_RUNNERS: tuple[str, ...] = ("auto", "in_process", "ray_train")
 
 _YAML_SUFFIXES: tuple[str, ...] = (".yaml", ".yml")
@@ -329,6 +361,11 @@ class EvalConfig:
         num_beams: beam width (1 = greedy).
         max_samples: evaluate at most this many samples (None = all).
         metrics: metric names, each one of :data:`METRICS`.
+        protocol: how caption metrics are scored, one of :data:`PROTOCOLS` (``both``: the
+            COCO keys and the paper's ``paper_*`` keys side by side; :func:`metric_keys`).
+        class_score: how a class name is scored in classification: ``mean`` log-likelihood
+            per token (the default: a sum favours short names) or ``sum``
+            (:mod:`g4mm.eval.classify`).
     """
 
     batch_size: int = 16
@@ -336,6 +373,13 @@ class EvalConfig:
     num_beams: int = 1
     max_samples: int | None = None
     metrics: list[str] = field(default_factory=lambda: ["bleu4", "rougeL", "cider"])
+    protocol: str = "both"
+    class_score: str = "mean"
+
+    @property
+    def keys(self) -> list[str]:
+        """The metric keys this evaluation reports (:func:`metric_keys`)."""
+        return metric_keys(self.metrics, self.protocol)
 
 
 @dataclass
@@ -926,12 +970,14 @@ class ExperimentConfig:
             choice(f"eval.metrics[{i}]", metric, METRICS)
         if len(set(e.metrics)) != len(e.metrics):
             errors.append(f"eval.metrics = {e.metrics!r}: contains duplicates")
+        choice("eval.protocol", e.protocol, PROTOCOLS)
+        choice("eval.class_score", e.class_score, CLASS_SCORES)
 
         # tune
         at_least("tune.num_samples", u.num_samples, 1)
         at_least("tune.max_concurrent", u.max_concurrent, 1)
-        if all(metric in METRICS for metric in e.metrics):  # else already reported above
-            choice("tune.metric", u.metric, [*e.metrics, *LOSS_METRICS])
+        if all(metric in METRICS for metric in e.metrics) and e.protocol in PROTOCOLS:
+            choice("tune.metric", u.metric, [*e.keys, *LOSS_METRICS])
         choice("tune.mode", u.mode, TUNE_MODES)
         if u.metric in LOSS_METRICS and u.mode != "min":
             errors.append(

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from g4mm.pipeline.preprocess import run_preprocess
     from g4mm.pipeline.ray_runtime import configure_data_context, init_ray
     from g4mm.train.checkpoint import save_checkpoint
+    from g4mm.train.components import ClassesError, evaluation_classes
     from g4mm.train.local import finalize_metrics, train_in_process
     from g4mm.train.ray_train import best_and_last_state, fit
     from g4mm.train.run_dir import (
@@ -68,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     prep_root = args.prep_root or str(Path(cfg.data.artifact_dir) / "prep")
     prep = run_preprocess(cfg, prep_root, num_cpus=args.num_cpus)
     prep_dir = prep["output"]
+    try:
+        evaluation_classes(cfg, prep_dir)  # a zero-shot metric without held-out classes: now
+    except ClassesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     if args.in_process:
         final = train_in_process(cfg, prep_dir, run_dir)
@@ -91,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     final["preprocess_s"] = prep["seconds"]
     final["total_wall_s"] = time.perf_counter() - start
     write_json(run_dir / "metrics.json", final)
-    shown = {k: final[k] for k in ("bleu4", "rougeL", "cider", "accuracy", "zero_shot_accuracy",
-                                   "loss") if k in final}  # fmt: skip
+    shown = {k: final[k] for k in [*cfg.eval.keys, "loss"] if k in final}
     print(f"test metrics: {shown}")
     print(f"wall time {final['total_wall_s']:.1f}s; run directory: {run_dir}")
     if cfg.train.storage_path:

@@ -74,8 +74,8 @@ def test_shipped_config_values() -> None:
 
     products = load_config("products")
     assert products.data.dataset == "synthetic-products"
-    assert products.tune.metric == "accuracy"
-    assert products.eval.metrics == ["accuracy", "zero_shot_accuracy"]
+    assert products.tune.metric == "seen_accuracy"  # held-out classes never select
+    assert products.eval.metrics == ["accuracy", "seen_accuracy", "zero_shot_accuracy"]
 
     opt = load_config("wikiweb2m-opt125m")
     assert (opt.data.dataset, opt.model.lm, opt.model.vision) == (
@@ -548,3 +548,19 @@ def test_layout_fields_are_checked():
         load_config("default", ["model.token_placement=at_image"])
     with pytest.raises(ConfigError, match="model.tokens_per_image = 0"):
         load_config("default", ["model.tokens_per_image=0"])
+
+
+def test_protocol_decides_the_reported_keys_and_what_tune_may_optimise():
+    both = load_config("default")
+    assert both.eval.protocol == "both"
+    assert both.eval.keys == ["bleu4", "rougeL", "cider",
+                              "paper_bleu4", "paper_rougeL", "paper_cider"]  # fmt: skip
+    assert load_config("default", ["tune.metric=paper_cider"]).tune.metric == "paper_cider"
+    with pytest.raises(ConfigError, match="tune.metric"):
+        load_config("default", ["eval.protocol=coco", "tune.metric=paper_cider"])
+    with pytest.raises(ConfigError, match="tune.metric"):
+        load_config("default", ["eval.protocol=paper"])  # tune.metric cider is not reported
+    with pytest.raises(ConfigError, match="eval.protocol"):
+        load_config("default", ["eval.protocol=nist"])
+    with pytest.raises(ConfigError, match="eval.class_score"):
+        load_config("products", ["eval.class_score=max"])

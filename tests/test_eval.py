@@ -15,12 +15,15 @@ from g4mm.data.collate import GraphCollator
 from g4mm.data.schema import feature_key
 from g4mm.eval import (
     CAPTION_METRICS,
+    PAPER_CAPTION_METRICS,
     accuracy,
     caption_metrics,
     class_log_likelihoods,
+    classification_metrics,
     classify,
     evaluate_rows,
     generate_predictions,
+    paper_caption_metrics,
 )
 from g4mm.model import Graph4MM, build_adapter
 from g4mm.model.encoders import image_feature_dim, text_feature_dim
@@ -195,16 +198,26 @@ def test_class_log_likelihoods_equal_a_per_class_loop_over_forward_losses(model,
     assert scores.shape == (5, len(CLASS_NAMES)) and scores.dtype == torch.float32
     model.eval()
     expected = torch.empty(5, len(CLASS_NAMES))
+    lengths = torch.empty(len(CLASS_NAMES))
     with torch.no_grad():
         for c, name in enumerate(CLASS_NAMES):
             for i, row in enumerate(rows):
                 out = model(collator([{**row, "target_text": name}]))
                 expected[i, c] = -out.loss * out.num_target_tokens
+                lengths[c] = out.num_target_tokens
     torch.testing.assert_close(scores, expected, atol=1e-4, rtol=1e-5)
     assert (scores < 0).all()
-    assert classify(model, collator, rows, CLASS_NAMES, batch_size=7).tolist() == (
-        expected.argmax(-1).tolist()
-    )
+    mean = class_log_likelihoods(model, collator, rows, CLASS_NAMES, batch_size=3, score="mean")
+    torch.testing.assert_close(mean, expected / lengths, atol=1e-4, rtol=1e-5)
+    by_sum = classify(model, collator, rows, CLASS_NAMES, batch_size=7, score="sum")
+    by_mean = classify(model, collator, rows, CLASS_NAMES, batch_size=7)  # the default
+    assert by_sum.tolist() == expected.argmax(-1).tolist()
+    assert by_mean.tolist() == (expected / lengths).argmax(-1).tolist()
+    # this untrained model is one where the two differ: the sum picks the shortest name
+    assert by_sum.tolist() != by_mean.tolist()
+    assert set(by_sum.tolist()) == {int(lengths.argmin())}
+    with pytest.raises(ValueError, match="mean.sum"):
+        classify(model, collator, rows, CLASS_NAMES, batch_size=7, score="max")
     with pytest.raises(ValueError, match="max_target_tokens"):
         class_log_likelihoods(model, collator, rows, ["red " * 30], batch_size=2)
 
@@ -241,31 +254,50 @@ def test_generated_whitespace_is_stripped(model, collator, tokenizer):
     assert generate_predictions(biased, collator, make_rows(2), 2, max_new_tokens=4) == ["", ""]
 
 
-def test_evaluate_rows_splits_accuracy_and_zero_shot_accuracy(model, collator):
-    base = make_rows(7)
-    predicted = classify(model, collator, base, CLASS_NAMES, batch_size=4).tolist()
-    # seen rows labelled with the model's own choice, zero-shot rows with a different class:
-    rows = [
-        {**row, "label": p if not row["zero_shot"] else (p + 1) % len(CLASS_NAMES)}
-        for row, p in zip(base, predicted, strict=True)
-    ]
+def test_classification_metrics_by_hand():
+    # 4 classes, 2 and 3 held out; rows 0-1 seen, rows 2-4 zero-shot
+    scores = torch.tensor([
+        [5.0, 1, 0, 0],  # label 0: right
+        [5.0, 1, 0, 0],  # label 1: wrong
+        [9.0, 0, 3, 1],  # label 2: wrong over all classes, right among the held-out ones
+        [9.0, 0, 3, 1],  # label 3: wrong both ways
+        [0.0, 0, 1, 4],  # label 3: right both ways
+    ])  # fmt: skip
+    metrics, predicted = classification_metrics(
+        scores, [0, 1, 2, 3, 3], [False, False, True, True, True], [2, 3]
+    )
+    assert predicted.tolist() == [0, 0, 0, 0, 3]
+    assert metrics == pytest.approx({
+        "accuracy": 2 / 5, "chance": 1 / 4, "seen_accuracy": 1 / 2,
+        "zero_shot_accuracy": 2 / 3, "zero_shot_chance": 1 / 2,
+        "zero_shot_accuracy_all_classes": 1 / 3,
+    })  # fmt: skip
+    seen_only, _ = classification_metrics(scores[:2], [0, 1], [False, False], [2, 3])
+    assert set(seen_only) == {"accuracy", "chance", "seen_accuracy"}  # no NaN groups
+
+
+def test_evaluate_rows_reports_what_the_scores_give(model, collator):
+    rows = make_rows(7)
+    rows = [{**row, "label": i % len(CLASS_NAMES)} for i, row in enumerate(rows)]
     rows.append({**rows[0], "sample_id": "beyond max_samples", "label": 0})  # must be ignored
-    cfg = EvalConfig(batch_size=3, max_samples=7, metrics=["accuracy", "zero_shot_accuracy"])
+    cfg = EvalConfig(batch_size=3, max_samples=7,
+                     metrics=["accuracy", "seen_accuracy", "zero_shot_accuracy"])  # fmt: skip
     metrics, samples = evaluate_rows(model, collator, rows, cfg, class_names=CLASS_NAMES)
-    assert metrics["accuracy"] == 1.0 and metrics["zero_shot_accuracy"] == 0.0
-    assert set(metrics) == {"loss", "accuracy", "zero_shot_accuracy"}
+    scores = class_log_likelihoods(model, collator, rows[:7], CLASS_NAMES, 4, score="mean")
+    labels = [r["label"] for r in rows[:7]]
+    zero_shot = [bool(r["zero_shot"]) for r in rows[:7]]
+    expected, predicted = classification_metrics(scores, labels, zero_shot, None)
+    assert set(metrics) == {"loss", *expected} and "zero_shot_accuracy" in metrics
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value), key
     assert [s["sample_id"] for s in samples] == [f"s#{i}" for i in range(7)]
-    assert [s["predicted_label"] for s in samples] == predicted
+    assert [s["predicted_label"] for s in samples] == predicted.tolist()
     assert [s["zero_shot"] for s in samples] == [i % 3 == 0 for i in range(7)]
     assert samples[1]["prediction"] == CLASS_NAMES[predicted[1]]
     # token-weighted loss == the loss of one batch over all 7 rows
     with torch.no_grad():
         full = model(collator(rows[:7]))
     assert metrics["loss"] == pytest.approx(float(full.loss), rel=1e-5)
-    # a group with no rows is omitted, not NaN
-    seen_only = [r for r in rows[:7] if not r["zero_shot"]]
-    metrics, _ = evaluate_rows(model, collator, seen_only, cfg, class_names=CLASS_NAMES)
-    assert "zero_shot_accuracy" not in metrics and metrics["accuracy"] == 1.0
     with pytest.raises(ValueError, match="class_names"):
         evaluate_rows(model, collator, rows, cfg)
 
@@ -273,12 +305,15 @@ def test_evaluate_rows_splits_accuracy_and_zero_shot_accuracy(model, collator):
 def test_evaluate_rows_generative_reports_every_caption_metric(model, collator):
     rows = make_rows(4)
     cfg = EvalConfig(batch_size=3, max_new_tokens=5, metrics=["bleu4"])
-    metrics, samples = evaluate_rows(model, collator, rows, cfg)
-    assert set(metrics) == {"loss", *CAPTION_METRICS}
+    metrics, samples = evaluate_rows(model, collator, rows, cfg)  # protocol: both
+    assert set(metrics) == {"loss", *CAPTION_METRICS, *PAPER_CAPTION_METRICS}
     preds = generate_predictions(model, collator, rows, batch_size=3, max_new_tokens=5)
     assert [s["prediction"] for s in samples] == preds
     assert [s["reference"] for s in samples] == [r["target_text"] for r in rows]
-    expected = caption_metrics(preds, [r["target_text"] for r in rows])
-    for key in CAPTION_METRICS:
+    references = [r["target_text"] for r in rows]
+    expected = {**caption_metrics(preds, references), **paper_caption_metrics(preds, references)}
+    for key in [*CAPTION_METRICS, *PAPER_CAPTION_METRICS]:
         assert metrics[key] == pytest.approx(expected[key]), key
+    cfg.protocol = "paper"
+    assert set(evaluate_rows(model, collator, rows, cfg)[0]) == {"loss", *PAPER_CAPTION_METRICS}
     assert all(math.isfinite(v) for v in metrics.values())

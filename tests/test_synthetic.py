@@ -20,6 +20,7 @@ from g4mm.data.synthetic import (
     COUNT_WORDS,
     PRODUCT_CLASS_NAMES,
     PRODUCT_COLOURS,
+    SHAPE_GROUPS,
     corpus_texts,
     lm_copy_documents,
     parse_target_sentence,
@@ -348,7 +349,7 @@ def test_product_class_depends_on_neighbours_images(products):
     edges = _load(out / "nc_edges-nodeid.pt").tolist()
     labels = _load(out / "labels-w-missing.pt").tolist()
     attrs = [json.loads(x) for x in (out / "metadata.jsonl").read_text().splitlines()]
-    groups = ["round", "angular"]
+    groups = list(SHAPE_GROUPS)
     neighbours: dict[int, list[int]] = {i: [] for i in range(len(attrs))}
     for u, v in edges:
         neighbours[u].append(v)
@@ -358,12 +359,14 @@ def test_product_class_depends_on_neighbours_images(products):
         if labels[i] < 0:
             continue
         votes = Counter(attrs[j]["group"] for j in neighbours[i])
-        major = a["group"] if votes["round"] == votes["angular"] else votes.most_common(1)[0][0]
-        expected = list(PRODUCT_COLOURS).index(a["colour"]) * 2 + groups.index(major)
+        top = max(votes.values())
+        tied = [g for g in groups if votes[g] == top]  # in group order
+        major = a["group"] if a["group"] in tied else tied[0]
+        expected = list(PRODUCT_COLOURS).index(a["colour"]) * len(groups) + groups.index(major)
         assert labels[i] == expected
         by_own.setdefault((a["colour"], a["group"]), set()).add(labels[i])
     # the own image (colour and shape group) never determines the class alone
-    assert all(len(classes) == 2 for classes in by_own.values())
+    assert all(len(classes) >= 2 for classes in by_own.values())
 
 
 def test_product_zero_shot_classes_held_out_of_train(products):
@@ -371,11 +374,20 @@ def test_product_zero_shot_classes_held_out_of_train(products):
     labels = _load(out / "labels-w-missing.pt")
     split = _load(out / "split.pt")
     zero = json.loads((out / "zero_shot_classes.json").read_text())
-    assert zero == counts["zero_shot_classes"] and len(zero) == 2
+    assert zero == counts["zero_shot_classes"] and len(zero) == len(SHAPE_GROUPS)
     names = [PRODUCT_CLASS_NAMES[c].split() for c in zero]
-    assert names[0][0] != names[1][0] and names[0][1] != names[1][1]
+    # a Latin square: every colour and every group held out at most once...
+    assert len({n[0] for n in names}) == len({n[1] for n in names}) == len(SHAPE_GROUPS)
     held = torch.tensor(zero)
     assert not torch.isin(labels[split["train_idx"]], held).any()
+    # ... so training pairs every held-out colour with the other groups, every group with
+    # other colours: nothing in the training targets ties a colour to one group
+    trained = {PRODUCT_CLASS_NAMES[c] for c in labels[split["train_idx"]].unique().tolist()}
+    for colour, group in names:
+        assert {n.split()[1] for n in trained if n.startswith(colour + " ")} == (
+            set(SHAPE_GROUPS) - {group}
+        )
+        assert sum(n.endswith(" " + group) for n in trained) == len(PRODUCT_COLOURS) - 1
     assert torch.isin(labels[split["val_idx"]], held).any()
     assert torch.isin(labels[split["test_idx"]], held).any()
     all_idx = torch.cat(list(split.values()))

@@ -1,11 +1,13 @@
 """Read a finished preprocess directory without Ray (driver-side evaluation, GPU boxes).
 
 Layout (written by :mod:`g4mm.pipeline.preprocess`): ``<dir>/samples/<split>/*.parquet``
-(SAMPLE_SCHEMA rows), ``<dir>/features/{text,image}/*.parquet`` (FEATURE_SCHEMA), ``DONE``.
+(SAMPLE_SCHEMA rows), ``<dir>/features/{text,image}/*.parquet`` (FEATURE_SCHEMA), ``DONE``,
+and for classification sources ``classes.json`` (:func:`read_classes`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,6 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 DONE = "DONE"
+#: What a classification source says of its classes (:func:`read_classes`).
+CLASSES = "classes.json"
 
 
 def check_prepared(prep_dir: str | os.PathLike[str]) -> Path:
@@ -101,6 +105,14 @@ def read_features(
     """``(text_features, image_features)``: ``feature_key -> float32 vector``."""
     root = check_prepared(prep_dir) / "features"
     return _read_feature_table(root / "text"), _read_feature_table(root / "image")
+
+
+def read_classes(prep_dir: str | os.PathLike[str]) -> dict | None:
+    """``{"class_names", "zero_shot_classes", "input"}`` as the source's ``class_names.json``
+    and ``zero_shot_classes.json`` gave them (None values: the source had no such file), or
+    None for a source without classes (WikiWeb2M) or a directory from before this file."""
+    path = check_prepared(prep_dir) / CLASSES
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def class_names_from_rows(rows: list[dict]) -> list[str] | None:

@@ -62,13 +62,18 @@ sample's neighbours in a seeded random order (the target's own text first), so a
 structure-blind baseline that reads node positions learns nothing from them.
 
 **Products task.** Each product's image shows a colour family (crimson, azure, golden, emerald,
-with shade jitter) and a shape from a group (round: circle/ring; angular: square/triangle).
-Its class is "<own colour family> <majority shape group of its co-purchased neighbours' images>"
-(ties broken by its own shape group): 8 classes, two held out of training (zero-shot), chosen to
-share no word so each held-out name is a new composition of seen words. Titles and descriptions
-are drawn independently of colour and shape (they depend only on the product's community), so
-neither a product's own text, nor its own image alone, nor its neighbours' text determine the
-class.
+with shade jitter) and a shape from a group (round: circle/ring; angular: square/diamond;
+pointed: triangle). Its class is "<own colour family> <plurality shape group of its
+co-purchased neighbours' images>" (ties: its own group when tied, else the first): 12 classes.
+Three are held out of training (zero-shot), one per colour and group ("a Latin square"), so
+every held-out colour is trained with the two other groups and every group with three colours:
+each held-out name is a new composition of words the training targets use, and nothing in
+training ties a colour to one group (with two groups, holding out "azure angular" leaves
+"azure" trained only as "azure round", and a model learns to write "round" after "azure"
+whatever the neighbours show: the generalised zero-shot accuracy was 0.0, measured). Titles and
+descriptions are drawn independently of colour and shape (they depend only on the product's
+community), so neither a product's own text, nor its own image alone, nor its neighbours' text
+determine the class.
 """
 
 from __future__ import annotations
@@ -100,6 +105,7 @@ __all__ = [
     "COUNT_WORDS",
     "PRODUCT_CLASS_NAMES",
     "SHAPES",
+    "SHAPE_GROUPS",
     "TARGET_SLOTS",
     "corpus_texts",
     "lm_copy_documents",
@@ -137,7 +143,8 @@ PRODUCT_COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPE_GROUPS: dict[str, tuple[str, ...]] = {
     "round": ("circle", "ring"),
-    "angular": ("square", "triangle"),
+    "angular": ("square", "diamond"),
+    "pointed": ("triangle",),
 }
 PRODUCT_CLASS_NAMES: list[str] = [f"{c} {g}" for c in PRODUCT_COLOURS for g in SHAPE_GROUPS]
 
@@ -792,24 +799,26 @@ def _product_text(community: int, rng: np.random.Generator) -> str:
 
 
 def _product_labels(group: np.ndarray, family: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """class = family * 2 + majority shape group of the neighbours (ties -> own group)."""
-    n = len(group)
-    votes = np.zeros(n)  # +1 per angular neighbour, -1 per round neighbour
-    deg = np.zeros(n)
+    """class = family * G + plurality shape group of the neighbours (ties: the own group when
+    it is among the most frequent, else the first of them)."""
+    n, groups = len(group), len(SHAPE_GROUPS)
+    votes = np.zeros((n, groups))
     for u, v in edges:
-        votes[u] += 1 if group[v] else -1
-        votes[v] += 1 if group[u] else -1
-        deg[u] += 1
-        deg[v] += 1
-    majority = np.where(votes == 0, group, (votes > 0).astype(int))
-    return family * len(SHAPE_GROUPS) + majority
+        votes[u, group[v]] += 1
+        votes[v, group[u]] += 1
+    top = votes.max(axis=1, keepdims=True)
+    winners = votes == top
+    own_wins = winners[np.arange(n), group]
+    plurality = np.where(own_wins, group, winners.argmax(axis=1))
+    return family * groups + plurality
 
 
 def _zero_shot_classes(rng: np.random.Generator) -> list[int]:
-    """Two classes sharing neither colour nor group word."""
-    fams = rng.choice(len(PRODUCT_COLOURS), size=2, replace=False)
-    g = int(rng.integers(0, 2))
-    return sorted([int(fams[0]) * 2 + g, int(fams[1]) * 2 + (1 - g)])
+    """One held-out class per shape group, each of a different colour (module docstring)."""
+    groups = len(SHAPE_GROUPS)
+    fams = rng.choice(len(PRODUCT_COLOURS), size=groups, replace=False)
+    order = rng.permutation(groups)
+    return sorted(int(f) * groups + int(g) for f, g in zip(fams, order, strict=True))
 
 
 def _product_split(
@@ -861,7 +870,7 @@ def write_synthetic_products(
     community = rng.integers(0, max(2, round(n / 60)), size=n)
     edges = _sbm_edges(community, rng)
     family = rng.integers(0, len(PRODUCT_COLOURS), size=n)
-    group = rng.integers(0, len(SHAPE_GROUPS), size=n)  # 0 round, 1 angular
+    group = rng.integers(0, len(SHAPE_GROUPS), size=n)  # index into SHAPE_GROUPS
     labels = _product_labels(group, family, edges)
     labels[rng.random(n) < 0.1] = -1
     zero_shot = _zero_shot_classes(rng)

@@ -1,10 +1,19 @@
 """Classification as likelihood ranking of class names (open-vocabulary, so zero-shot works).
 
 For each sample and each candidate class name c, the LM is teacher-forced on ``c + EOS`` as the
-target after ``[prompt ; graph tokens]``; the score is the SUMMED log-probability of those
-tokens (the EOS makes "red" and "red shoe" distinct candidates). Candidates are always ALL class
-names, held-out zero-shot classes included: a zero-shot sample is classified against every class,
-never against a restricted set.
+target after the sample's LM input (:mod:`g4mm.model.layout`); with ``y = tokens(c) + [EOS]``::
+
+    score(c) = 1/|y| * sum_t log p(y_t | input, y_<t)      class_score = "mean" (default)
+    score(c) =         sum_t log p(y_t | input, y_<t)      class_score = "sum"
+
+The EOS makes "red" and "red shoe" distinct candidates. The sum is the name's likelihood, which
+falls with every token, so it prefers short names whatever the input says (a 1-token name
+against a 3-token one starts two log-probabilities ahead); the per-token mean compares the names
+on how well the input predicts each of their tokens, the usual length normalisation of
+likelihood ranking. Candidates are always ALL class names, held-out zero-shot classes included:
+a zero-shot sample is classified against every class, never against a restricted set (the
+"generalised" zero-shot setting: a model that has learnt only the seen names scores 0 on the
+held-out ones).
 """
 
 from __future__ import annotations
@@ -48,9 +57,11 @@ def class_log_likelihoods(
     class_names: Sequence[str],
     batch_size: int,
     device: torch.device | str | None = None,
+    score: str = "sum",
 ) -> torch.Tensor:
     """``(N, C)`` float32 (CPU): ``out[i, c] = sum_t log p(y_t | prefix, y_<t)`` where ``y`` is
-    the tokens of ``class_names[c]`` followed by EOS, for ``rows[i]``.
+    the tokens of ``class_names[c]`` followed by EOS, for ``rows[i]``; divided by ``|y|`` when
+    ``score == "mean"`` (module docstring).
 
     Every row is repeated once per class with ``target_text`` replaced by the class name; the
     ``N * C`` (row, class) pairs are run ``batch_size`` PAIRS per forward pass (row-major
@@ -61,6 +72,8 @@ def class_log_likelihoods(
         ValueError: empty / duplicate class names, or a name that would be truncated by the
             collator's ``max_target_tokens``.
     """
+    if score not in ("mean", "sum"):
+        raise ValueError(f"class score = {score!r}: expected mean|sum")
     names = _check_class_names(collator, class_names)
     device = resolve_device(model, device)
     collate = with_targets(collator, True)
@@ -73,7 +86,10 @@ def class_log_likelihoods(
             logits = model(inputs).logits  # (B, T, V) at the target positions
             logp = torch.log_softmax(logits.float(), dim=-1)
             token_logp = logp.gather(-1, inputs.target_ids[..., None]).squeeze(-1)
-            sums = (token_logp * inputs.target_mask.float()).sum(-1)
+            mask = inputs.target_mask.float()
+            sums = (token_logp * mask).sum(-1)
+            if score == "mean":
+                sums = sums / mask.sum(-1)
             scores[done : done + len(batch)] = sums.float().cpu()
             done += len(batch)
     return scores.reshape(len(rows), len(names))
@@ -86,8 +102,9 @@ def classify(
     class_names: Sequence[str],
     batch_size: int,
     device: torch.device | str | None = None,
+    score: str = "mean",
 ) -> torch.Tensor:
-    """``(N,)`` long: the index into ``class_names`` of each row's most likely class name (see
-    :func:`class_log_likelihoods`; ties go to the lower index)."""
-    scores = class_log_likelihoods(model, collator, rows, class_names, batch_size, device)
+    """``(N,)`` long: the index into ``class_names`` of each row's best-scoring class name
+    (:func:`class_log_likelihoods` with ``score``; ties go to the lower index)."""
+    scores = class_log_likelihoods(model, collator, rows, class_names, batch_size, device, score)
     return scores.argmax(dim=-1)

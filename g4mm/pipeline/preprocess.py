@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import ray
 
 from g4mm.config import DataConfig, ExperimentConfig
+from g4mm.data.prepared import CLASSES
 from g4mm.pipeline import sources
 from g4mm.pipeline.cache import (
     cache_key,
@@ -119,6 +120,7 @@ def _read_and_build(cfg: ExperimentConfig, data_cfg: DataConfig) -> tuple[ray.da
     from g4mm.data.records import ReadStats  # light (no torch), but workers need not import it
 
     num_blocks = max(1, cfg.data.num_blocks)
+    classes = None
     if data_cfg.dataset == "wikiweb2m":
         assert data_cfg.input is not None
         files = sources.tfrecord_files(data_cfg.input)
@@ -131,10 +133,11 @@ def _read_and_build(cfg: ExperimentConfig, data_cfg: DataConfig) -> tuple[ray.da
         )
         base = ReadStats()
     else:
-        read = ray.remote(sources.read_single_graph).options(num_returns=3)
+        read = ray.remote(sources.read_single_graph).options(num_returns=4)
         local_cfg = dataclasses.replace(cfg, data=data_cfg)
-        src_ref, stats_ref, n_ref = read.remote(local_cfg)
+        src_ref, stats_ref, n_ref, classes_ref = read.remote(local_cfg)
         base, n_targets = ReadStats.from_dict(ray.get(stats_ref)), ray.get(n_ref)
+        classes = ray.get(classes_ref)
         if n_targets == 0:
             ds = ray.data.from_arrow(
                 sources.rows_table(
@@ -150,7 +153,8 @@ def _read_and_build(cfg: ExperimentConfig, data_cfg: DataConfig) -> tuple[ray.da
                 fn_kwargs={"src_ref": [src_ref], "data_cfg": data_cfg},
             )
     mat = ds.materialize()
-    stats, extra = base, {"targets": 0, "build_skipped": 0, "samples": Counter()}
+    stats = base
+    extra = {"targets": 0, "build_skipped": 0, "samples": Counter(), "classes": classes}
     for batch in mat.select_columns(["_stats"]).iter_batches(batch_format="pyarrow"):
         for cell in batch.column("_stats").to_pylist():
             if cell is None:
@@ -426,6 +430,8 @@ def run_preprocess(
         }
         final = out / key
         report["output"] = str(final)
+        if info.get("classes") is not None:
+            (tmp / CLASSES).write_text(json.dumps(info["classes"], indent=2) + "\n")
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
         if not commit_dir(tmp, final):
             return _cache_hit(final, start)

@@ -231,10 +231,12 @@ def wikiweb2m_items_to_table(batch: pa.Table, data_cfg: DataConfig) -> pa.Table:
 # ------------------------------------------------------------------------- single graphs
 
 
-def read_single_graph(cfg: ExperimentConfig) -> tuple[SourceGraph, dict, int]:
+def read_single_graph(cfg: ExperimentConfig) -> tuple[SourceGraph, dict, int, dict]:
     """Read an MM-GRAPH or parquet-layout directory (``cfg.data.input``) into one SourceGraph.
 
-    Returns ``(graph, stats dict, number of targets)``.
+    Returns ``(graph, stats dict, number of targets, classes)``; ``classes`` is
+    ``{"class_names": [...] | None, "zero_shot_classes": [...] | None, "input": dir}``, what
+    the source's ``class_names.json`` / ``zero_shot_classes.json`` say (None: no such file).
     """
     stats = _read_stats()
     if cfg.data.input is None:
@@ -247,7 +249,12 @@ def read_single_graph(cfg: ExperimentConfig) -> tuple[SourceGraph, dict, int]:
         from g4mm.data.mmgraph import read_mmgraph
 
         src = read_mmgraph(cfg.data.input, stats)
-    return src, stats.to_dict(), len(src.targets)
+    classes = {
+        "class_names": src.class_names,
+        "zero_shot_classes": src.zero_shot_classes,
+        "input": str(cfg.data.input),
+    }
+    return src, stats.to_dict(), len(src.targets), classes
 
 
 def targets_to_table(batch: dict[str, Any], src: SourceGraph, data_cfg: DataConfig) -> pa.Table:

@@ -10,13 +10,20 @@ import itertools
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from g4mm.data.collate import GraphCollator, length_bucketed_batches, rows_from_columns
-from g4mm.data.prepared import available_splits, class_names_from_rows, read_features, read_rows
+from g4mm.data.prepared import (
+    available_splits,
+    class_names_from_rows,
+    read_classes,
+    read_features,
+    read_rows,
+)
 from g4mm.eval import evaluate_rows
 from g4mm.model import Graph4MM
 from g4mm.model.encoders import image_feature_dim, text_feature_dim
@@ -31,6 +38,7 @@ class Components:
     collator: GraphCollator
     class_names: list[str] | None
     device: torch.device
+    zero_shot_classes: list[int] | None = None
 
 
 def pick_device(use_gpu: str | bool) -> torch.device:
@@ -41,9 +49,41 @@ def pick_device(use_gpu: str | bool) -> torch.device:
     return torch.device("cuda" if want != "false" and torch.cuda.is_available() else "cpu")
 
 
-def all_class_names(prep_dir: str) -> list[str] | None:
+class ClassesError(ValueError):
+    """A config asks for a classification metric the data cannot give."""
+
+
+def evaluation_classes(cfg: Any, prep_dir: str) -> tuple[list[str] | None, list[int] | None]:
+    """``(class_names, zero_shot_classes)`` of the preprocessed data: the source's own files
+    (``classes.json`` of the preprocess directory), else what the rows say.
+
+    Raises:
+        ClassesError: ``eval.metrics`` names ``zero_shot_accuracy`` but the source has no
+            ``class_names.json`` (zero-shot ranking reads the class *names*) or no held-out
+            classes (``zero_shot_classes.json``), naming the file expected.
+    """
     rows = [r for split in available_splits(prep_dir) for r in read_rows(prep_dir, split)]
-    return class_names_from_rows(rows)
+    info = read_classes(prep_dir) or {}
+    names = info.get("class_names") or class_names_from_rows(rows)
+    zero_shot = info.get("zero_shot_classes")
+    if zero_shot is None:
+        zero_shot = sorted({int(r["label"]) for r in rows if r.get("zero_shot")}) or None
+    if "zero_shot_accuracy" in cfg.eval.metrics:
+        where = Path(info.get("input") or cfg.data.input or prep_dir)
+        if "class_names" in info and not info["class_names"]:
+            raise ClassesError(
+                f"eval.metrics names zero_shot_accuracy, but {where / 'class_names.json'} does "
+                "not exist: zero-shot classification ranks class names (a JSON list of strings, "
+                "one per class id), and classes called 'class 0', 'class 1', ... name nothing "
+                "a model could recognise; add the file or drop zero_shot_accuracy"
+            )
+        if not zero_shot:
+            raise ClassesError(
+                f"eval.metrics names zero_shot_accuracy, but no class is held out: "
+                f"{where / 'zero_shot_classes.json'} (a JSON list of class ids kept out of "
+                "training) is missing or empty; add it or drop zero_shot_accuracy"
+            )
+    return names, (list(map(int, zero_shot)) if zero_shot else None)
 
 
 def collate_counter(
@@ -80,7 +120,8 @@ def build_components(cfg: Any, prep_dir: str, device: torch.device) -> Component
         layout=LayoutSpec.from_config(cfg, model.bare_adapter.token_groups),
         max_target_tokens=cfg.data.max_target_tokens,
     )
-    return Components(model, collator, all_class_names(prep_dir), device)
+    names, zero_shot = evaluation_classes(cfg, prep_dir)
+    return Components(model, collator, names, device, zero_shot)
 
 
 def make_evaluator(parts: Components, cfg: Any, rows: Sequence[dict]):
@@ -88,8 +129,9 @@ def make_evaluator(parts: Components, cfg: Any, rows: Sequence[dict]):
 
     def evaluate() -> dict[str, float]:
         metrics, _ = evaluate_rows(
-            parts.model, parts.collator, list(rows), cfg.eval, parts.class_names, parts.device
-        )
+            parts.model, parts.collator, list(rows), cfg.eval, parts.class_names, parts.device,
+            parts.zero_shot_classes,
+        )  # fmt: skip
         return metrics
 
     return evaluate
@@ -148,5 +190,6 @@ def evaluate_checkpoint(
     restore_adapter(parts.model, state, cfg.model)
     rows = read_rows(prep_dir, split)
     return evaluate_rows(
-        parts.model, parts.collator, rows, cfg.eval, parts.class_names, parts.device
-    )
+        parts.model, parts.collator, rows, cfg.eval, parts.class_names, parts.device,
+        parts.zero_shot_classes,
+    )  # fmt: skip

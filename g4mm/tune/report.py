@@ -62,9 +62,14 @@ METRIC_TITLES: dict[str, str] = {
     "rougeL": "ROUGE-L",
     "cider": "CIDEr",
     "accuracy": "Acc (%)",
+    "seen_accuracy": "Seen Acc (%)",
     "zero_shot_accuracy": "Zero-shot Acc (%)",
+    "zero_shot_accuracy_all_classes": "Zero-shot Acc, all classes (%)",
 }
-_PERCENT = {"accuracy", "zero_shot_accuracy"}
+METRIC_TITLES.update(
+    {f"paper_{k}": f"{v} (paper)" for k, v in list(METRIC_TITLES.items())[:6]}
+)
+_PERCENT = {"accuracy", "seen_accuracy", "zero_shot_accuracy", "zero_shot_accuracy_all_classes"}
 
 
 # ---------------------------------------------------------------------------- importances
