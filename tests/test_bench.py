@@ -27,6 +27,7 @@ import diffusion  # noqa: E402
 import generate  # noqa: E402
 import gpu_all  # noqa: E402
 import lm_alone  # noqa: E402
+import oversmoothing  # noqa: E402
 import profile_step  # noqa: E402
 import train_step  # noqa: E402
 
@@ -568,3 +569,28 @@ def test_gpu_check_step_graph_check_runs_on_cpu(tokenizer):
     assert verdict == "PASS", result
     assert "3 graphs recorded, 30 replays, 6 eager runs" in result, result
     assert "worst loss diff" in result
+
+
+def test_oversmoothing_bench_reports_skip_and_trained_rows(tmp_path, capsys):
+    out = tmp_path / "o.json"
+    assert oversmoothing.main(["--seeds", "2", "--ks", "2,3", "--graphs", "sbm",
+                               "--train-steps", "3", "--train-ks", "2", "--train-seeds", "2",
+                               "--json", str(out)]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    row = report["sbm"][0]
+    assert row["k"] == 2 and len(row["per_seed"]["gat_skip_k"]) == 2
+    assert 0 <= row["frac_hop_K3_gt_gat_skip"] <= 1
+    trained = report["trained"]["2"]
+    assert len(trained) == 2 and set(trained[0]) == {"hop", "gat", "gat_skip"}
+    assert all(0 <= r[m]["accuracy"] <= 1 and r[m]["energy"] > 0 for r in trained for m in r)
+    printed = capsys.readouterr().out
+    assert "E(GAT^k + skip)" in printed and "Trained 3 steps" in printed
+    # the skip stack is H + GAT(act(H)) layer by layer, on the same weights as the plain one
+    torch.manual_seed(0)
+    x, ei = torch.randn(6, 8), torch.tensor([[0, 1, 2, 3, 4], [1, 2, 3, 4, 5]])
+    args = SimpleNamespace(dim=8, heads=2)
+    stack = oversmoothing.gat_stack(args, 2, 0)
+    plain = oversmoothing.gat_forward(stack, x, ei)
+    skip = oversmoothing.gat_forward(stack, x, ei, skip=True)
+    torch.testing.assert_close(skip[0], x + plain[0])
+    torch.testing.assert_close(skip[1], skip[0] + stack[1](torch.nn.functional.elu(skip[0]), ei))
