@@ -190,6 +190,24 @@ def test_parquet_bad_images_counted_not_dropped(ray_local, artifact_dir, tmp_pat
     assert paths and not any(p.endswith(("missing.png", "/5.png")) for p in paths)
     assert report["features"]["image"] == len(paths)
 
+    # the source's classes travel with the samples; a zero-shot metric without held-out
+    # classes stops before training, naming the file it needs
+    from g4mm.train.components import ClassesError, evaluation_classes
+
+    classes = json.loads((key_dir / "classes.json").read_text())
+    assert classes == {"class_names": ["red", "green", "blue"], "zero_shot_classes": None,
+                       "input": str(tmp_path / "ds")}  # fmt: skip
+    assert evaluation_classes(cfg, str(key_dir)) == (["red", "green", "blue"], None)
+    zero_shot = cfg.updated({"eval.metrics": ["accuracy", "zero_shot_accuracy"],
+                             "tune.metric": "accuracy"})
+    with pytest.raises(ClassesError, match=str(tmp_path / "ds" / "zero_shot_classes.json")):
+        evaluation_classes(zero_shot, str(key_dir))
+    (key_dir / "classes.json").write_text(json.dumps({**classes, "class_names": None,
+                                                      "zero_shot_classes": [2]}))  # fmt: skip
+    with pytest.raises(ClassesError, match=str(tmp_path / "ds" / "class_names.json")):
+        evaluation_classes(zero_shot, str(key_dir))
+    (key_dir / "classes.json").write_text(json.dumps(classes))
+
     # a previous output without DONE (crash mid-write) is rebuilt, not trusted
     (key_dir / DONE).unlink()
     (key_dir / "samples" / "train").rename(key_dir / "samples" / "broken")
