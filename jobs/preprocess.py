@@ -17,8 +17,10 @@ import sys
 from pathlib import Path
 
 from g4mm.config import DATASETS, add_config_arguments, config_from_args
+from g4mm.pipeline.input_errors import INPUT_ERRORS, check_input_dir, input_error_message
 
 _NEEDS_INPUT = ("wikiweb2m", "mmgraph", "parquet")
+_NEEDS_DIR = ("mmgraph", "parquet")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,11 +53,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--input DIR is required for --dataset {data.dataset}")
         if not Path(data.input).exists():
             parser.error(f"--input {data.input}: no such file or directory")
+        if data.dataset in _NEEDS_DIR and (problem := check_input_dir(data.dataset, data.input)):
+            parser.error(problem)
     cfg = dataclasses.replace(cfg, data=data).validate()
 
     from g4mm.pipeline.preprocess import run_preprocess  # imports Ray: after argument checks
 
-    report = run_preprocess(cfg, args.output, num_cpus=args.num_cpus)
+    try:
+        report = run_preprocess(cfg, args.output, num_cpus=args.num_cpus)
+    except INPUT_ERRORS as exc:
+        print(f"error: {input_error_message(exc)}", file=sys.stderr)
+        return 1
     print(json.dumps(report, indent=2))
     return 0
 

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
+    from g4mm.pipeline.input_errors import INPUT_ERRORS, input_error_message
     from g4mm.pipeline.preprocess import run_preprocess
     from g4mm.pipeline.ray_runtime import configure_data_context, init_ray
     from g4mm.train.checkpoint import save_checkpoint
@@ -67,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(args.num_cpus)
     configure_data_context(progress_bars=False)  # the progress line below says enough
     prep_root = args.prep_root or str(Path(cfg.data.artifact_dir) / "prep")
-    prep = run_preprocess(cfg, prep_root, num_cpus=args.num_cpus)
+    try:
+        prep = run_preprocess(cfg, prep_root, num_cpus=args.num_cpus)
+    except INPUT_ERRORS as exc:  # the data: one line naming the file, not a traceback
+        print(f"error: {input_error_message(exc)}", file=sys.stderr)
+        return 1
     prep_dir = prep["output"]
     try:
         evaluation_classes(cfg, prep_dir)  # a zero-shot metric without held-out classes: now

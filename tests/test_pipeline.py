@@ -337,6 +337,28 @@ def test_cli_help_and_missing_input(tmp_path):
     assert proc.returncode == 2 and "--input DIR is required" in proc.stderr
     proc = run("--dataset", "parquet", "--input", str(tmp_path / "nope"), "--output", str(tmp_path))
     assert proc.returncode == 2 and "no such file" in proc.stderr
+    proc = run("--dataset", "mmgraph", "--input", "README.md", "--output", str(tmp_path))
+    assert proc.returncode == 2 and "README.md: not a directory" in proc.stderr
+    (tmp_path / "empty").mkdir()
+    proc = run("--dataset", "parquet", "--input", str(tmp_path / "empty"), "--output", str(tmp_path))
+    assert proc.returncode == 2 and "the directory is empty" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_cli_bad_input_directory_is_one_line_not_a_traceback(tmp_path):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("not MM-GRAPH")
+    proc = subprocess.run(
+        [sys.executable, "jobs/preprocess.py", "--dataset", "mmgraph", "--input",
+         str(tmp_path / "junk"), "--output", str(tmp_path / "out"), "--num-cpus", "1"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: MM-GRAPH: required file {tmp_path / 'junk'}/labels-w-missing.pt "
+                      "is missing"]  # fmt: skip
+    assert "Traceback" not in proc.stderr and "Unhandled error" not in proc.stderr
 
 
 def test_preprocess_driver_and_cache_key_import_no_model_libraries(artifact_dir):

@@ -18,6 +18,7 @@ A rerun with the same key prints ``cache hit: <dir>`` and returns the stored rep
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -135,9 +136,17 @@ def _read_and_build(cfg: ExperimentConfig, data_cfg: DataConfig) -> tuple[ray.da
     else:
         read = ray.remote(sources.read_single_graph).options(num_returns=4)
         local_cfg = dataclasses.replace(cfg, data=data_cfg)
-        src_ref, stats_ref, n_ref, classes_ref = read.remote(local_cfg)
-        base, n_targets = ReadStats.from_dict(ray.get(stats_ref)), ray.get(n_ref)
-        classes = ray.get(classes_ref)
+        refs = read.remote(local_cfg)
+        # all four at once: a reader's error (bad input) is raised once; a ref left unread
+        # would be printed again by Ray as an "unhandled error" with its traceback
+        src_ref = refs[0]
+        try:
+            stats_dict, n_targets, classes = ray.get(list(refs[1:]))
+        except Exception:
+            with contextlib.suppress(Exception):
+                ray.get(list(refs))
+            raise
+        base = ReadStats.from_dict(stats_dict)
         if n_targets == 0:
             ds = ray.data.from_arrow(
                 sources.rows_table(
