@@ -22,13 +22,14 @@ from conftest import random_inputs, with_soft_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "bench" / "gpu"))
 
 import diffusion  # noqa: E402
 import generate  # noqa: E402
-import gpu_all  # noqa: E402
 import lm_alone  # noqa: E402
 import oversmoothing  # noqa: E402
 import profile_step  # noqa: E402
+import run_all as gpu_all  # noqa: E402
 import train_step  # noqa: E402
 
 from g4mm.data.collate import GraphCollator, length_bucketed_batches  # noqa: E402
@@ -414,12 +415,13 @@ def test_training_with_bf16_frozen_lm_moves_only_the_fp32_adapter(tiny_backbones
 
 
 def test_gpu_check_training_default_check_runs_on_cpu(tokenizer):
-    """bench/gpu_check's train_loop check (bf16-stored LM on CUDA) on CPU, where training
+    """bench/gpu/gpu_checks.py's train_loop check (bf16-stored LM on CUDA) on CPU, where training
     keeps fp32: the same code path, so its first loss equals the reference exactly."""
-    import gpu_check
+    import gpu_checks as gpu_check
+    import gpu_fixtures
 
-    model = gpu_check.tiny_model("opt", "hop_diffused", "cpu", tokenizer)
-    inputs = gpu_check.tiny_batch(model, tokenizer, 3)
+    model = gpu_fixtures.tiny_model("opt", "hop_diffused", "cpu", tokenizer)
+    inputs = gpu_fixtures.tiny_batch(model, tokenizer, 3)
     name, result, verdict = gpu_check.bf16_stored_training_check("opt", "cpu", tokenizer, inputs)
     assert verdict == "PASS", result
     assert "stored float32" in name and "LM frozen True" in result
@@ -561,9 +563,9 @@ def test_pipeline_bench_quick(capsys):
 
 
 def test_gpu_check_step_graph_check_runs_on_cpu(tokenizer):
-    """bench/gpu_check's whole-step CUDA-graph check, on CPU (where the static-input steps run
-    eagerly): its comparison logic passes on a correct step graph."""
-    import gpu_check
+    """bench/gpu/gpu_checks.py's whole-step CUDA-graph check, on CPU (where the static-input steps
+    run eagerly): its comparison logic passes on a correct step graph."""
+    import gpu_checks as gpu_check
 
     _, result, verdict = gpu_check.step_graph_check("opt", "cpu", tokenizer)
     assert verdict == "PASS", result

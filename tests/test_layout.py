@@ -26,7 +26,7 @@ def _commands() -> list[list[str]]:
     """Every script with a ``__main__`` block under the command folders, plus module CLIs."""
     scripts = sorted(
         path.relative_to(ROOT).as_posix()
-        for folder in ("jobs", "tuning", "cluster", "bench")
+        for folder in ("jobs", "tuning", "cluster", "bench", "bench/gpu")
         for path in (ROOT / folder).glob("*.py")
         if '__name__ == "__main__"' in path.read_text(encoding="utf-8")
     )
@@ -38,8 +38,8 @@ COMMANDS = _commands()
 
 def test_the_command_list_is_found():
     found = {c[0] for c in COMMANDS}
-    assert {"jobs/train.py", "tuning/search.py", "bench/profile_step.py"} <= found
-    assert "bench/common.py" not in found
+    assert {"jobs/train.py", "tuning/search.py", "bench/gpu/profile_step.py"} <= found
+    assert "bench/common.py" not in found and "bench/gpu/gpu_fixtures.py" not in found
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[-1])

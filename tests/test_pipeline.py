@@ -340,7 +340,8 @@ def test_cli_help_and_missing_input(tmp_path):
     proc = run("--dataset", "mmgraph", "--input", "README.md", "--output", str(tmp_path))
     assert proc.returncode == 2 and "README.md: not a directory" in proc.stderr
     (tmp_path / "empty").mkdir()
-    proc = run("--dataset", "parquet", "--input", str(tmp_path / "empty"), "--output", str(tmp_path))
+    empty = str(tmp_path / "empty")
+    proc = run("--dataset", "parquet", "--input", empty, "--output", str(tmp_path))
     assert proc.returncode == 2 and "the directory is empty" in proc.stderr
     assert "Traceback" not in proc.stderr
 

@@ -1,6 +1,6 @@
 """The whole-step CUDA-graph path (g4mm/train/step_graph.py) without CUDA: the same padded,
 static-input step, run eagerly, must train exactly like the plain step. What only a GPU can
-check (recording and replaying the graph) is bench/gpu_check.py's "whole-step CUDA graph" row.
+check (recording and replaying the graph) is bench/gpu/gpu_checks.py's "whole-step CUDA graph" row.
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def test_graphed_step_refuses_an_optimizer_that_cannot_be_recorded(tiny_backbone
 
 def test_batches_already_on_the_device_are_not_pinned(tiny_backbones, tokenizer):
     """Pinning is for host tensors: a batch handed to training already on its device (as
-    bench/gpu_check.py does on CUDA) goes through untouched rather than failing in
+    bench/gpu/gpu_checks.py does on CUDA) goes through untouched rather than failing in
     ``pin_memory`` ("only dense CPU tensors can be pinned", the H100 run of 2026-11-27)."""
     model = make_model(tiny_backbones)
     on_device = batch_for(model, tokenizer).to("meta")

@@ -12,9 +12,9 @@ import argparse
 from collections.abc import Iterable
 from pathlib import Path
 
+import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
-    CLIPImageProcessor,
     CLIPVisionConfig,
     CLIPVisionModel,
     LlamaConfig,
@@ -22,6 +22,15 @@ from transformers import (
     OPTConfig,
     OPTForCausalLM,
     PreTrainedTokenizerFast,
+)
+
+# The PIL image processor by its own name where transformers has one (5.x): there the plain
+# name needs torchvision, which the CPU install lacks, and asking for it prints a fallback
+# warning on every run. Same processing either way (the fallback is this class).
+CLIPImageProcessor = (
+    transformers.CLIPImageProcessorPil
+    if hasattr(transformers, "CLIPImageProcessorPil")
+    else transformers.CLIPImageProcessor
 )
 
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}

@@ -88,7 +88,7 @@ def frozen_dtype_for(device: torch.device, precision: str, frozen_dtype: str) ->
 #: SDPA kernels training may use (``torch.nn.attention.sdpa_kernel``): all but cuDNN's. cuDNN
 #: attention builds an execution graph for every new sequence shape, and with real variable
 #: lengths nearly every batch is a new shape: on one H100 (OPT-125M shape, batch 8, bucketed
-#: lengths, bench/profile_step.py) a step took 118 ms with it and 43 ms without; at one fixed
+#: lengths, bench/gpu/profile_step.py) a step took 118 ms with it and 43 ms without; at one fixed
 #: length it was 5-19 % faster, which training never sees.
 TRAINING_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                           SDPBackend.MATH]  # fmt: skip

@@ -1,15 +1,15 @@
 """Every GPU benchmark and device check in one command, printed as one table with the targets.
 
-    python bench/gpu_all.py [--anchor PATH/official_shaped_step.py] [--json PATH]
-    python bench/gpu_all.py --quick          # the same on CPU-sized shapes (CI, no GPU)
+    python bench/gpu/run_all.py [--anchor PATH/official_shaped_step.py] [--json PATH]
+    python bench/gpu/run_all.py --quick          # the same on CPU-sized shapes (CI, no GPU)
 
 Runs, in one process (Ray-free: torch, transformers and torch_geometric only):
 
-1. ``bench/gpu_check.py``: the library's numerical checks on CUDA (skipped without CUDA);
+1. ``bench/gpu/gpu_checks.py``: the library's numerical checks on CUDA (skipped without CUDA);
 2. ``bench/train_step.py``: our training step vs the official-shaped step at batch 8 and 32,
    full-length and variable-length batches, the same with the whole step replayed as CUDA
    graphs (``train.step_graph``), plus ``torch.compile`` rows at batch 8;
-3. ``bench/profile_step.py``: the eager step and the recorded step at batch 8 (step graph,
+3. ``bench/gpu/profile_step.py``: the eager step and the recorded step at batch 8 (step graph,
    and with the LM and adapter compiled) under the profiler: host and device busy time, device
    idle, kernels per step, and the device time by kernel category (matmul, attention, norms,
    the update, ...);
@@ -44,7 +44,8 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the user benchmarks in bench/
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/gpu first
 
 import diffusion
 import generate
@@ -65,7 +66,7 @@ def verdict(ok: bool, gpu: bool) -> str:
 def gpu_check_rows(device: torch.device) -> list[list[Any]]:
     if device.type != "cuda":
         return [["gpu_check", "device checks", "skipped: no CUDA device", "", "info"]]
-    import gpu_check
+    import gpu_checks as gpu_check
 
     checks = gpu_check.run_checks("cuda", cudnn=False)
     return [["gpu_check", name, result, "", v] for name, result, v in checks]
@@ -84,7 +85,7 @@ def train_step_args(args: argparse.Namespace, cudnn: str) -> argparse.Namespace:
 def cudnn_rows(args: argparse.Namespace, device: torch.device) -> list[list[Any]]:
     if device.type != "cuda":
         return [["cudnn", "cuDNN attention rows", "skipped: no CUDA device", "", "info"]]
-    import gpu_check
+    import gpu_checks as gpu_check
 
     out = [["cudnn", name, result, "", v] for name, result, v in gpu_check.cudnn_checks("cuda")]
     result = train_step.run(train_step_args(args, "only"))

@@ -1,11 +1,11 @@
 """Correctness of the Ray-free library on a CUDA GPU, printed as one table.
 
 Runs the model's numerical checks on the GPU (fp32 equalities, bf16 autocast training step,
-the whole-step CUDA graph alone and under DDP (``bench/ddp_step_graph.py``), KV-cached
+the whole-step CUDA graph alone and under DDP (``bench/gpu/ddp_step_graph.py``), KV-cached
 generation) and times dense vs sparse hop diffusion. Needs torch, transformers and
 torch_geometric only (no Ray), so it runs on a bare GPU box:
 
-    python bench/gpu_check.py [--json PATH]
+    python bench/gpu/gpu_checks.py [--json PATH]
 """
 
 from __future__ import annotations
@@ -18,38 +18,16 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the user benchmarks in bench/
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import CORPUS, random_inputs, with_soft_tokens
+from conftest import CORPUS
 from generate import greedy_without_cache
+from gpu_fixtures import tiny_batch, tiny_model
 
-from g4mm.model import Graph4MM, HopDiffusedAttention, build_adapter
-from g4mm.model.encoders import image_feature_dim, text_feature_dim
-from g4mm.model.tiny import tiny_clip_vision, tiny_llama, tiny_opt, train_tokenizer
-
-
-def tiny_model(kind: str, variant: str, device: str, tokenizer, impl: str = "dense") -> Graph4MM:
-    torch.manual_seed(0)
-    build = tiny_opt if kind == "opt" else tiny_llama
-    lm = build(tokenizer, hidden_size=64, num_layers=2, num_heads=4, max_positions=256)
-    vision, processor = tiny_clip_vision(image_size=16, patch_size=8, hidden_size=32)
-    adapter = build_adapter(
-        variant, text_feature_dim(lm), image_feature_dim(vision),
-        lm.get_input_embeddings().embedding_dim, hidden_dim=32, num_heads=4, alpha=0.1,
-        num_hops=3, num_query_tokens=4, qformer_layers=1, dropout=0.0, diffusion_impl=impl,
-        context="pooled", token_placement="after_text",
-    )  # fmt: skip
-    return Graph4MM(lm, adapter, vision, tokenizer, processor, variant).to(device)
-
-
-def tiny_batch(model: Graph4MM, tokenizer, b: int, **kwargs):
-    """A random batch for ``model`` (:func:`tiny_model`): its 4 query tokens after every
-    prompt, so a batch of prompt_len P is P + 4 columns wide."""
-    inputs = random_inputs(
-        b, text_feature_dim(model.lm), image_feature_dim(model.vision), len(tokenizer),
-        tokenizer.pad_token_id, **kwargs,
-    )  # fmt: skip
-    return with_soft_tokens(inputs, model.bare_adapter, tokenizer.pad_token_id)
+from g4mm.model import HopDiffusedAttention
+from g4mm.model.tiny import train_tokenizer
 
 
 def timed(fn, repeats: int = 20) -> float:

@@ -40,7 +40,8 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the user benchmarks in bench/
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/gpu first
 
 import train_step
 from common import cpu_threads, device_label, pick_device, print_table

@@ -13,7 +13,7 @@ bit-identical (each applied the same averaged update) and that the step-graph ru
 for the collective itself at scale; this covers the recording without DDP and the eager
 all-reduce between replays.
 
-    python bench/ddp_step_graph.py [--device cuda]      # cpu works too (no recording there)
+    python bench/gpu/ddp_step_graph.py [--device cuda]      # cpu works too (no recording there)
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
 WORLD, STEPS = 2, 8
 #: (prompt, target) widths, the 4 query slots included: two padded shapes at pad 16, (16, 16)
@@ -41,7 +41,7 @@ WIDTHS = [(12, 5), (20, 9), (14, 6), (24, 12), (9, 4), (17, 11)]
 def _rank_run(rank: int, device: str, init_file: str, out_dir: str) -> None:
     """One rank: the plain DDP loop, then the step-graph loop, on this rank's batches."""
     from conftest import CORPUS
-    from gpu_check import tiny_batch, tiny_model
+    from gpu_fixtures import tiny_batch, tiny_model
     from torch.nn.parallel import DistributedDataParallel
 
     from g4mm.config import ExperimentConfig
@@ -97,7 +97,7 @@ def _distance(a: dict, b: dict) -> float:
 
 def ddp_step_graph_check(device: str, timeout_s: float = 150) -> tuple[str, str, str]:
     """(what, result, PASS / FAIL): two ranks on ``device``, plain DDP vs step graph."""
-    from gpu_check import tiny_model
+    from gpu_fixtures import tiny_model
 
     what = f"data-parallel step graph vs DDP, {WORLD} gloo ranks on one {device} device x{STEPS}"
     with tempfile.TemporaryDirectory() as tmp:
