@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from g4mm.config import DATASETS, add_config_arguments, config_from_args
+from g4mm.console import add_verbose_argument, apply_verbosity
 from g4mm.pipeline.input_errors import INPUT_ERRORS, check_input_dir, input_error_message
 
 _NEEDS_INPUT = ("wikiweb2m", "mmgraph", "parquet")
@@ -34,12 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="cache root; results go in <output>/<key>")
     parser.add_argument("--num-cpus", type=int, help="CPUs of a locally started Ray")
     add_config_arguments(parser)
+    add_verbose_argument(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    apply_verbosity(args)
     cfg = config_from_args(args, parser)
     data = cfg.data
     data = dataclasses.replace(

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from g4mm.config import add_config_arguments, config_from_args
+from g4mm.console import add_verbose_argument, apply_verbosity
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: python jobs/train.py --config smoke --set model.variant=hop_aware",
     )
     add_config_arguments(parser)
+    add_verbose_argument(parser)
     parser.add_argument("--output", help="run directory (default: <train.output_dir>/<name>-...)")
     parser.add_argument("--prep-root", help="preprocess cache root (default: <artifact_dir>/prep)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of a locally started Ray")
@@ -37,13 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    apply_verbosity(args)
     cfg = config_from_args(args, parser)
 
     import ray
 
     from g4mm.pipeline.input_errors import INPUT_ERRORS, input_error_message
     from g4mm.pipeline.preprocess import run_preprocess
-    from g4mm.pipeline.ray_runtime import configure_data_context, init_ray
+    from g4mm.pipeline.ray_runtime import init_ray
     from g4mm.train.checkpoint import save_checkpoint
     from g4mm.train.components import ClassesError, evaluation_classes
     from g4mm.train.local import finalize_metrics, train_in_process
@@ -66,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run directory: {run_dir}")
     cfg.save_yaml(run_dir / "config.yaml")
     init_ray(args.num_cpus)
-    configure_data_context(progress_bars=False)  # the progress line below says enough
     prep_root = args.prep_root or str(Path(cfg.data.artifact_dir) / "prep")
     try:
         prep = run_preprocess(cfg, prep_root, num_cpus=args.num_cpus)

@@ -26,6 +26,7 @@ from g4mm.config import (
     add_config_arguments,
     config_from_args,
 )
+from g4mm.console import add_verbose_argument, apply_verbosity
 
 SPACES_DIR = Path(__file__).resolve().parent / "spaces"
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     add_config_arguments(parser)
+    add_verbose_argument(parser)
     parser.add_argument(
         "--num-samples",
         type=int,
@@ -200,6 +202,7 @@ def _explicit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    apply_verbosity(args)
     from g4mm.tune.space import SpaceError, load_space
 
     if args.resume:

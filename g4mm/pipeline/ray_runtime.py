@@ -22,14 +22,22 @@ def configure_data_context(progress_bars: bool | None = None) -> DataContext:
     """Apply the pipeline's Ray Data settings to the current :class:`DataContext`.
 
     Args:
-        progress_bars: force progress bars on/off; ``None`` keeps them unless
-            ``RAY_DATA_DISABLE_PROGRESS_BARS=1`` is set (tests and CI set it).
+        progress_bars: force progress bars on/off; ``None``: on only under ``G4MM_LOG=debug``
+            (:mod:`g4mm.console`) and never with ``RAY_DATA_DISABLE_PROGRESS_BARS=1``.
     """
+    from g4mm.console import verbose
+
     ctx = DataContext.get_current()
     ctx.op_resource_reservation_enabled = False
     if progress_bars is None:
-        progress_bars = os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS", "0") != "1"
+        progress_bars = verbose() and os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS") != "1"
     ctx.enable_progress_bars = progress_bars
+    if not progress_bars:
+        # Ray Data then warns once per process that bars are off, "to enable, set ..."; they
+        # are off on purpose, so mark that warning as given
+        from ray.util.debug import log_once
+
+        log_once("ray_data_progress_manager_disabled")
     ctx.print_on_execution_start = False
     return ctx
 

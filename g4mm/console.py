@@ -1,0 +1,37 @@
+"""How much the commands print: quiet by default, everything with ``-v`` or ``G4MM_LOG=debug``.
+
+Quiet means: Ray Data's per-operator progress (redrawn by every Train worker and the split
+coordinator: hundreds of lines per run) and transformers' "Loading weights" bars are off; the
+commands print their own progress lines instead (``[preprocess] ...``, ``step N/M ... eta``).
+The setting travels to Ray workers as the environment variable, which a locally started Ray
+passes on to every worker it starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+__all__ = ["VERBOSE_ENV", "add_verbose_argument", "apply_verbosity", "verbose"]
+
+#: ``debug``: print everything (Ray Data progress, model-loading bars).
+VERBOSE_ENV = "G4MM_LOG"
+
+
+def verbose() -> bool:
+    """Whether ``G4MM_LOG=debug`` (or ``-v``) asked for everything."""
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() == "debug"
+
+
+def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
+    """``-v/--verbose``: the same as ``G4MM_LOG=debug``."""
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help=f"print everything: Ray Data progress, model-loading bars ({VERBOSE_ENV}=debug)",
+    )  # fmt: skip
+
+
+def apply_verbosity(args: argparse.Namespace) -> None:
+    """Export ``G4MM_LOG=debug`` when ``-v`` was given (before Ray starts its workers)."""
+    if getattr(args, "verbose", False):
+        os.environ[VERBOSE_ENV] = "debug"
