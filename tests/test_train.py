@@ -227,6 +227,23 @@ def test_evaluate_reproduces_the_test_metrics(trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_library_snippet_in_docs_runs_as_written(trained, artifact_dir):
+    text = (ROOT / "docs" / "model.md").read_text()
+    code = text.split("## Using the library", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    prep = prep_dir_of(smoke_config(artifact_dir))
+    # the only two edits a reader makes: their config and the directory their run printed
+    assert code.count('load_config("default")') == 1 and code.count("artifacts/prep/<key>") == 1
+    code = code.replace('load_config("default")',
+                        f'load_config("smoke", ["data.artifact_dir={artifact_dir}"])')
+    code = code.replace("artifacts/prep/<key>", str(prep))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loss, _ = proc.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert float(loss) > 0 and "[" in proc.stdout
+
+
+@pytest.mark.slow
 def test_a_runs_predictions_file_scores_to_its_metrics(trained, tmp_path):
     _, run = trained
     out = tmp_path / "scores.json"
