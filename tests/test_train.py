@@ -320,3 +320,20 @@ def test_each_rank_and_each_resume_draws_its_own_seeded_stream():
     assert resumed_seed(7, 0, 0) == 7 and resumed_seed(7, 0, 1) == 8  # the start: seed + rank
     seeds = {resumed_seed(7, step, rank) for step in (0, 10, 20, 30) for rank in range(4)}
     assert len(seeds) == 16
+
+
+def test_loss_plot_reads_every_logged_train_loss(tmp_path):
+    from g4mm.train.run_dir import _train_curve, plot_history
+
+    history = [
+        {"step": 20, "train_loss": 1.5, "val_loss": 1.6, "val_cider": 0.5,
+         "train_curve": [[10, 2.0], [20, 1.5]]},
+        {"step": 40, "train_loss": 1.0, "val_loss": 1.2, "val_cider": 0.9,
+         "train_curve": [[30, 1.2], [40, 1.0]]},
+    ]  # fmt: skip
+    assert _train_curve(history) == ([10, 20, 30, 40], [2.0, 1.5, 1.2, 1.0])
+    no_curve = [{k: v for k, v in h.items() if k != "train_curve"} for h in history]
+    assert _train_curve(no_curve) == ([20, 40], [1.5, 1.0])  # histories from before the curve
+    paths = plot_history(history, tmp_path, {"best_step": 40, "test_cider": 0.8}, "smoke (x)")
+    assert [p.name for p in paths] == ["loss.png", "metrics.png"]
+    assert all(p.read_bytes()[:8] == PNG for p in paths)

@@ -298,7 +298,7 @@ def train_loop(
     graphed = use_step_graph(train_cfg, device, data_parallel=data_parallel, log=log)
     optimizer = build_optimizer(model, train_cfg, device, capturable=graphed)
     scheduler = build_scheduler(optimizer, train_cfg)
-    step, history = 0, []
+    step, history, curve = 0, [], []
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
@@ -378,6 +378,7 @@ def train_loop(
                         f"lr {lr_of_last_step(scheduler):.2e} eta {format_eta(eta)}"
                     )
                 last_loss, last_rate = loss, rate
+                curve.append([step, loss])
                 window_loss.zero_()
                 window_steps = window_samples = window_tokens = 0
                 window_start = time.perf_counter()
@@ -399,7 +400,10 @@ def train_loop(
                     metrics.update(counts)
                     if is_main and any(counts.values()):
                         log(f"step {step}: collated batches since the last report: {counts}")
-                history.append(metrics)
+                # the history (run directory, checkpoints) keeps every logged train loss since the
+                # last evaluation for loss.png; the report keeps scalars only
+                history.append({**metrics, "train_curve": curve})
+                curve = []
                 state = None
                 if is_main:
                     state = training_state(model, optimizer, scheduler, step, cfg, history)

@@ -76,8 +76,20 @@ def write_predictions(path: Path, predictions: list[dict]) -> None:
             fh.write(json.dumps(_clean(row), default=str, allow_nan=False) + "\n")
 
 
-def plot_history(history: list[dict], run_dir: Path) -> list[Path]:
-    """``loss.png`` (train/val loss vs step) and ``metrics.png`` (val metrics vs step)."""
+def _train_curve(history: list[dict]) -> tuple[list[int], list[float]]:
+    """Every logged train loss (``train_curve`` of each evaluation), else one per evaluation."""
+    points = [tuple(pt) for h in history for pt in h.get("train_curve") or ()]
+    if not points:
+        points = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
+    return [int(x) for x, _ in points], [float(y) for _, y in points]
+
+
+def plot_history(
+    history: list[dict], run_dir: Path, final: dict[str, Any] | None = None, title: str = ""
+) -> list[Path]:
+    """``loss.png``: the train loss at every log line and the validation loss at every
+    evaluation; ``metrics.png``: one panel per validation metric (each on its own scale), the
+    test score of the selected checkpoint marked at its step. ``title`` names the run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,28 +97,51 @@ def plot_history(history: list[dict], run_dir: Path) -> list[Path]:
 
     if not history:
         return []
+    final = final or {}
     steps = [h["step"] for h in history]
     paths = []
-    loss_keys = [k for k in ("train_loss", "val_loss") if any(k in h for h in history)]
-    metric_keys = sorted(
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    x, y = _train_curve(history)
+    if x:
+        ax.plot(x, y, label="train (each log line)", linewidth=1.2)
+    if any("val_loss" in h for h in history):
+        ax.plot(steps, [h.get("val_loss", float("nan")) for h in history], "o-", label="val")
+    ax.set(xlabel="optimizer step", ylabel="target cross-entropy (nats / token)",
+           title=f"{title}: loss" if title else "loss")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "loss.png", dpi=110)
+    plt.close(fig)
+    paths.append(run_dir / "loss.png")
+
+    metrics = sorted(
         {k for h in history for k in h if k.startswith("val_") and k != "val_loss"}
-        - {"val_bleu1", "val_bleu2", "val_bleu3"}
+        - {f"val_{p}bleu{n}" for p in ("", "paper_") for n in (1, 2, 3)}
+        - {"val_chance", "val_zero_shot_chance"}
     )
-    for name, keys in (("loss", loss_keys), ("metrics", metric_keys)):
-        if not keys:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key in keys:
-            ax.plot(steps, [h.get(key, float("nan")) for h in history], marker="o", label=key)
-        ax.set_xlabel("optimizer step")
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-        ax.legend()
+    if metrics:
+        cols = min(3, len(metrics))
+        rows = -(-len(metrics) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+        for ax, key in zip(axes.flat, metrics, strict=False):
+            name = key.removeprefix("val_")
+            ax.plot(steps, [h.get(key, float("nan")) for h in history], "o-", label="val")
+            test = final.get(f"test_{name}", final.get(name))
+            best = final.get("best_step")
+            if isinstance(test, (int, float)) and best is not None:
+                ax.plot([best], [test], "r*", markersize=11, label="test (selected)")
+            ax.set(title=name, xlabel="optimizer step")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        for ax in list(axes.flat)[len(metrics):]:
+            ax.axis("off")
+        if title:
+            fig.suptitle(title)
         fig.tight_layout()
-        path = run_dir / f"{name}.png"
-        fig.savefig(path, dpi=100)
+        fig.savefig(run_dir / "metrics.png", dpi=110)
         plt.close(fig)
-        paths.append(path)
+        paths.append(run_dir / "metrics.png")
     return paths
 
 
@@ -122,4 +157,4 @@ def write_run_outputs(
     write_predictions(run_dir / "history.jsonl", history)
     write_json(run_dir / "metrics.json", final)
     write_predictions(run_dir / "predictions.jsonl", predictions)
-    plot_history(history, run_dir)
+    plot_history(history, run_dir, final, f"{cfg.name} ({cfg.model.variant})")
