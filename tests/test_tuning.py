@@ -36,8 +36,7 @@ HOP_DIFFUSED_BASED = {"hop_diffused", "no_text_structure", "no_image_structure"}
 QFORMER_VARIANTS = HOP_DIFFUSED_BASED | {"hop_aware"}
 OUTPUT_FILES = ("config.yaml", "space.yaml", "sweep.json", "leaderboard.csv", "leaderboard.md",
                 "best.yaml", "importances.json", "ablation.md", "ablation.csv",
-                "metric_vs_alpha.png", "metric_vs_num_hops.png", "metric_by_variant.png",
-                "summary.json", "preprocess.json")  # fmt: skip
+                "metric_by_variant.png", "summary.json", "preprocess.json")  # fmt: skip
 #: Shorter smoke training: 12 steps, evaluated every 4 -> 3 rounds for ASHA.
 SHORT = ("--set", "train.max_steps=12", "--set", "train.eval_every=4")
 JOB_TIMEOUT = 420
@@ -247,8 +246,23 @@ def test_reports_from_records(tmp_path):
     assert "| Graph4MM Hop-Diffused (full) | 0.0700 ± 0.0141 |" in text
     acc = ablation_table([_record(1, "hop_aware", 0.9)], ["accuracy"], "max", "best")
     assert acc[0]["accuracy"] is None  # no test_accuracy reported: shown as a dash
-    for path in plot_sweep(tmp_path, records, space, "val_cider"):
-        assert path.read_bytes()[:8] == PNG
+    paths = plot_sweep(tmp_path, records, space, "val_cider")
+    assert all(path.read_bytes()[:8] == PNG for path in paths)
+    assert {p.name for p in paths} >= {"metric_vs_alpha.png", "metric_by_variant.png"}
+    # a grid: alpha and K not searched, so no empty plots for them; the seed is no parameter
+    from g4mm.tune.plan import grid_space
+
+    grid_records = [TrialRecord(f"g{i}", "completed", {"variant": v, "seed": s}, 0.1 * i + s,
+                                {"test_cider": 0.1 * i}, evals=3)
+                    for i, (v, s) in enumerate([(v, s) for v in ("hop_diffused", "text_only")
+                                                for s in (0, 1, 2)])]  # fmt: skip
+    out = tmp_path / "grid"
+    out.mkdir()
+    gspace = grid_space(["hop_diffused", "text_only"], [0, 1, 2])
+    assert [p.name for p in plot_sweep(out, grid_records, gspace, "val_cider")] == [
+        "metric_by_variant.png"
+    ]
+    assert set(param_importances(grid_records, gspace, "max")["importances"]) <= {"variant"}
 
 
 def test_library_sweep_modules_do_not_import_ray():
@@ -290,8 +304,9 @@ def test_four_trial_smoke_search_writes_every_output(searched, artifact_dir, pre
     proc, out = searched
     for name in OUTPUT_FILES:
         assert (out / name).is_file(), name
-    for name in ("metric_vs_alpha.png", "metric_vs_num_hops.png", "metric_by_variant.png"):
-        assert (out / name).read_bytes()[:8] == PNG, name
+    assert (out / "metric_by_variant.png").read_bytes()[:8] == PNG
+    for name in ("metric_vs_alpha.png", "metric_vs_num_hops.png"):  # when the value varied
+        assert not (out / name).exists() or (out / name).read_bytes()[:8] == PNG, name
     # progress on the console: the plan, each trial's start and evaluations, a running count
     assert "[sweep] search: 4 trials" in proc.stdout
     assert len(started_ids(proc.stdout)) == 4

@@ -100,7 +100,9 @@ def param_importances(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
-    dists = space.distributions()
+    # a seed is a replicate, not a hyperparameter: its "importance" is noise the variant's
+    # seeds share (a grid of 5 variants x 3 seeds gave seed 0.50)
+    dists = {k: v for k, v in space.distributions().items() if space.targets.get(k) != "train.seed"}
     for r in done:
         params = {k: v for k, v in r.params.items() if k in dists}
         study.add_trial(
@@ -306,7 +308,8 @@ def plot_sweep(
     """``metric_vs_alpha.png``, ``metric_vs_num_hops.png`` and ``metric_by_variant.png``.
 
     Filled markers are completed trials, hollow ones trials stopped early (their last value).
-    A plot whose parameter was not searched says so instead of showing points.
+    A parameter that was not searched, or took one value in every scored trial (a grid over
+    variants), gets no plot.
     """
     plt = _pyplot()
     out_dir = Path(out_dir)
@@ -319,8 +322,10 @@ def plot_sweep(
         ("model.num_hops", "K (diffusion terms)", "metric_vs_num_hops"),
     ):
         name = _param_for(space, target)
-        fig, ax = plt.subplots(figsize=(6, 4))
         points = [r for r in scored if name is not None and name in r.params]
+        if len({r.params[name] for r in points}) < 2:  # not searched (a grid), or one value
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
         for r in points:
             colour = colours.get(r.params.get("variant"), "tab:gray")
             filled = r.status == "completed"
@@ -334,11 +339,7 @@ def plot_sweep(
         for v in variants:
             if any(r.params.get("variant") == v for r in points):
                 ax.scatter([], [], color=colours[v], label=v)
-        if points:
-            ax.legend(fontsize=7)
-        else:
-            why = "not searched" if name is None else "not sampled by any scored trial"
-            ax.text(0.5, 0.5, f"{target} {why}", ha="center", va="center", transform=ax.transAxes)
+        ax.legend(fontsize=7)
         ax.set_xlabel(label)
         ax.set_ylabel(score_name)
         ax.set_title(f"{score_name} vs {label.split(' ')[0]}")
