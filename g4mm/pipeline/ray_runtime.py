@@ -32,12 +32,19 @@ def configure_data_context(progress_bars: bool | None = None) -> DataContext:
     if progress_bars is None:
         progress_bars = verbose() and os.environ.get("RAY_DATA_DISABLE_PROGRESS_BARS") != "1"
     ctx.enable_progress_bars = progress_bars
+    from ray.util.debug import log_once
+
     if not progress_bars:
         # Ray Data then warns once per process that bars are off, "to enable, set ..."; they
         # are off on purpose, so mark that warning as given
-        from ray.util.debug import log_once
-
         log_once("ray_data_progress_manager_disabled")
+    if not verbose():
+        # "The Ray cluster currently does not have any available CPUs. The Dataset job will
+        # hang ...": Ray Data checks the free CPUs at the instant a dataset starts, which on a
+        # 2-CPU machine is often while the previous stage's tasks are still releasing theirs;
+        # it did not hang in any run (Train workers reserve train.cpus_per_worker = 0.5, which
+        # is what keeps Ray Data fed). Shown under G4MM_LOG=debug.
+        log_once("cpu_warning")
     ctx.print_on_execution_start = False
     return ctx
 
