@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         copy_run_dir,
         new_run_dir,
         resolve_storage_path,
+        run_summary,
         write_json,
         write_run_outputs,
     )
@@ -104,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     final["preprocess_s"] = prep["seconds"]
     final["total_wall_s"] = time.perf_counter() - start
     write_json(run_dir / "metrics.json", final)
-    shown = {k: final[k] for k in [*cfg.eval.keys, "loss"] if k in final}
-    print(f"test metrics: {shown}")
-    print(f"wall time {final['total_wall_s']:.1f}s; run directory: {run_dir}")
+    print(run_summary(final, [*cfg.eval.keys, "loss"], run_dir))
     if cfg.train.storage_path:
         print(f"run directory copied to {copy_run_dir(run_dir, cfg.train.storage_path)}")
     return 0

@@ -145,6 +145,36 @@ def plot_history(
     return paths
 
 
+def run_summary(final: dict[str, Any], keys: list[str], run_dir: Path) -> str:
+    """The lines a finished run ends with: test metrics, wall time, where it went, and the
+    command to look at it, e.g.::
+
+        test metrics: bleu4 0.5648  rougeL 0.8203  cider 4.8363 | paper: bleu4 0.4957 ...
+        wall time 8m36s; run directory: runs/default-hop_diffused-20261203-163228
+        (config.yaml, metrics.json, predictions.jsonl, history.jsonl, loss.png, metrics.png)
+        look at it: python jobs/evaluate.py --predictions runs/.../predictions.jsonl
+    """
+    def cells(names: list[str]) -> str:
+        return "  ".join(f"{k.removeprefix('paper_')} {final[k]:.4f}" for k in names)
+
+    ours = [k for k in keys if k in final and not k.startswith("paper_")]
+    paper = [k for k in keys if k in final and k.startswith("paper_")]
+    line = "test metrics: " + cells(ours) + (f" | paper: {cells(paper)}" if paper else "")
+    wall = final.get("total_wall_s", 0.0)
+    predictions = run_dir / "predictions.jsonl"
+    look = (f"python jobs/evaluate.py --predictions {predictions}" if "cider" in keys
+            or "paper_cider" in keys else f"less {predictions}")  # fmt: skip
+    files = ", ".join(n for n in ("config.yaml", "metrics.json", "predictions.jsonl",
+                                  "history.jsonl", "loss.png", "metrics.png")
+                      if (run_dir / n).exists())  # fmt: skip
+    return "\n".join([
+        line,
+        f"wall time {int(wall // 60)}m{wall % 60:02.0f}s; run directory: {run_dir}",
+        f"({files})",
+        f"look at it: {look}",
+    ])  # fmt: skip
+
+
 def write_run_outputs(
     run_dir: Path,
     cfg: Any,
