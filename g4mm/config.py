@@ -77,12 +77,18 @@ DATASETS: tuple[str, ...] = (
     "parquet",
 )
 
-#: Model variants (the tuner's ``variant`` axis); see DESIGN.md section 3.
-VARIANTS: tuple[str, ...] = (
+#: The Graph4MM variants: structure-aware adapters (hop attention + MM-QFormer); the only ones
+#: whose raw layout may carry hop phrases (``model.hop_phrases``).
+GRAPH4MM_VARIANTS: tuple[str, ...] = (
     "hop_diffused",
     "hop_aware",
     "no_text_structure",
     "no_image_structure",
+)
+
+#: Model variants (the tuner's ``variant`` axis); see DESIGN.md section 3.
+VARIANTS: tuple[str, ...] = (
+    *GRAPH4MM_VARIANTS,
     "mmgl_concat",
     "mmgl_gnn",
     "text_only",
@@ -237,6 +243,14 @@ class ModelConfig:
             ``"after_text"`` (``num_query_tokens`` tokens after the text, the paper's
             wording).
         tokens_per_image: graph tokens per image under ``at_images`` (official: 4).
+        hop_phrases: under ``raw``, each text node other than the target is read after the
+            phrase ``" context from {h}-hop neighbours:"`` (h its hop distance in G_t), the
+            prompt route by which text keeps structure that the paper's ablation discussion
+            names. Applied only where structure is on: the Graph4MM variants
+            (:data:`GRAPH4MM_VARIANTS`, ``no_text_structure`` included: the phrases are the
+            route that ablation leaves), never the structure-free baselines (``mmgl_concat``,
+            ``mmgl_gnn``, ``text_only`` read the text as MMGL does), so a variant grid with it
+            on compares as the paper does. Off by default (the official code has no phrases).
         num_query_tokens: learnable MM-QFormer query tokens: the graph tokens of
             ``after_text`` and ``pooled`` (the sweep's query-token axis there; under
             ``at_images`` the axis is ``tokens_per_image``).
@@ -255,6 +269,7 @@ class ModelConfig:
     context: str = "raw"
     token_placement: str = "at_images"
     tokens_per_image: int = 4
+    hop_phrases: bool = False
     hidden_dim: int = 256
     num_heads: int = 4
     alpha: float = 0.1
@@ -903,6 +918,11 @@ class ExperimentConfig:
                 f"model.context = 'pooled' with model.token_placement = {m.token_placement!r}: "
                 "the pooled layout puts its graph tokens after the prompt; set "
                 "model.token_placement = after_text"
+            )
+        if m.hop_phrases and m.context != "raw":
+            errors.append(
+                f"model.hop_phrases with model.context = {m.context!r}: hop phrases stand "
+                "before neighbour text, which only the raw layout reads; set model.context = raw"
             )
         at_least("model.qformer_layers", m.qformer_layers, 1)
         at_least("model.ffn_mult", m.ffn_mult, 1)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_model import HPARAMS
 
-from g4mm.config import DataConfig
+from g4mm.config import GRAPH4MM_VARIANTS, ConfigError, DataConfig, ExperimentConfig
 from g4mm.data.collate import GraphCollator
 from g4mm.data.records import ReadStats
 from g4mm.data.samples import build_samples
@@ -19,7 +19,14 @@ from g4mm.data.synthetic import write_synthetic_docs
 from g4mm.data.wikiweb2m import iter_wikiweb2m
 from g4mm.model import VARIANTS, Graph4MM, build_adapter
 from g4mm.model.encoders import image_feature_dim, text_feature_dim
-from g4mm.model.layout import LayoutSpec, TokenGroup, build_layouts, describe, layout_text
+from g4mm.model.layout import (
+    HOP_PHRASE,
+    LayoutSpec,
+    TokenGroup,
+    build_layouts,
+    describe,
+    layout_text,
+)
 from g4mm.model.tiny import tiny_llama, tiny_opt, train_tokenizer
 
 
@@ -128,6 +135,45 @@ def test_after_text_puts_every_graph_token_after_the_cue(rows, tok, variant):
         assert tail == "".join(f"<2 graph tokens: image {j}>" for j in range(images))
     for caption in row["image_captions"]:  # captions stay with their sections' text
         assert caption in head
+
+
+def _config(variant: str, hop_phrases: bool) -> ExperimentConfig:
+    return ExperimentConfig.from_dict(
+        {"model": {"variant": variant, "hop_phrases": hop_phrases, "token_placement": "at_images"},
+         "data": {"max_input_tokens": 10_000}}
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_hop_phrases_open_each_neighbour_only_where_structure_is_on(rows, tok, variant):
+    row = max(rows, key=lambda r: len(set(r["text_hops"])))
+    assert {1, 2} <= set(row["text_hops"])  # neighbours at two distances
+    groups = tuple(adapter_for(variant, "raw", "at_images").token_groups)
+    spec = LayoutSpec.from_config(_config(variant, True), groups)
+    text = describe(*_ids_slots(build_layouts([row], spec, tok)[0]), spec.table, tok)
+    plain = LayoutSpec.from_config(_config(variant, False), groups)
+    plain_text = describe(*_ids_slots(build_layouts([row], plain, tok)[0]), plain.table, tok)
+    assert "hop neighbours" not in plain_text
+    if variant not in GRAPH4MM_VARIANTS:  # the structure-free baselines read as MMGL does
+        assert not spec.hop_phrases and text == plain_text
+        return
+    assert spec.hop_phrases
+    for i in reading_order(row)[1:]:  # every neighbour right after its own hop's phrase
+        phrase = HOP_PHRASE.format(hop=row["text_hops"][i]).strip()
+        assert f"{phrase} {row['text_segments'][i]}" in text
+    assert text.count("hop neighbours:") == len(row["text_segments"]) - 1  # not the target
+    assert row["target_text"] not in text
+
+
+def test_hop_phrases_need_the_raw_layout():
+    with pytest.raises(ConfigError, match=r"model.hop_phrases .*model.context = raw"):
+        ExperimentConfig.from_dict(
+            {"model": {"hop_phrases": True, "context": "pooled", "token_placement": "after_text"}}
+        )
+
+
+def _ids_slots(lay) -> tuple[list[int], list[int]]:
+    return lay.ids, lay.slots
 
 
 def test_the_budget_cuts_the_far_end_first_and_keeps_the_targets_text(rows, tok):

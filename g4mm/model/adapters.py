@@ -28,12 +28,13 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import dense_to_sparse
 
+from g4mm.config import GRAPH4MM_VARIANTS
 from g4mm.model.hop_attention import HopAwareAttention, HopDiffusedAttention
 from g4mm.model.inputs import Graph4MMInputs, ModalityInputs
 from g4mm.model.layout import TokenGroup
 from g4mm.model.qformer import MMQFormer
 
-GRAPH4MM_VARIANTS = ("hop_diffused", "hop_aware", "no_text_structure", "no_image_structure")
+__all__ = ["GRAPH4MM_VARIANTS", "Graph4MMAdapter", "StructureEncoder"]
 
 
 class StructureEncoder(nn.Module):

@@ -30,6 +30,10 @@ in where the placeholders stand.
   LM pretrained 800 steps to copy a hint from there reproduced 12-32 % of the hint's visual
   words; right before the answer, 100 %, measured: a frozen LM reads soft tokens best next to
   what they should steer.);
+- hop phrases (``model.hop_phrases``, Graph4MM variants only): every text node but the
+  target's own opens with :data:`HOP_PHRASE` (``" context from 2-hop neighbours:"``), the
+  prompt route by which text keeps its structure (the paper's ablation discussion); the phrase
+  counts against the budget as part of that node's text;
 - budget: at most ``max_input_tokens`` tokens before the target (text and slots). The cue and
   the ``after_text`` slots are reserved first; the target's own text is cut only when it and
   its own images alone exceed what is left (its images keep their slots); the other nodes are
@@ -55,6 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "HOP_PHRASE",
     "LayoutSpec",
     "LayoutTokens",
     "TokenGroup",
@@ -132,6 +137,7 @@ class LayoutSpec:
     max_text_nodes: int
     max_image_nodes: int
     groups: tuple[TokenGroup, ...]
+    hop_phrases: bool = False
 
     def __post_init__(self) -> None:
         if self.context not in ("raw", "pooled"):
@@ -141,7 +147,10 @@ class LayoutSpec:
 
     @classmethod
     def from_config(cls, cfg: Any, groups: Sequence[TokenGroup]) -> LayoutSpec:
-        """From an ``ExperimentConfig`` and the adapter's ``token_groups``."""
+        """From an ``ExperimentConfig`` and the adapter's ``token_groups``; hop phrases only
+        where the variant has structure (:data:`g4mm.config.GRAPH4MM_VARIANTS`)."""
+        from g4mm.config import GRAPH4MM_VARIANTS
+
         return cls(
             context=cfg.model.context,
             placement=cfg.model.token_placement,
@@ -149,6 +158,7 @@ class LayoutSpec:
             max_text_nodes=cfg.data.max_text_nodes,
             max_image_nodes=cfg.data.max_image_nodes,
             groups=tuple(groups),
+            hop_phrases=bool(cfg.model.hop_phrases) and cfg.model.variant in GRAPH4MM_VARIANTS,
         )
 
     @property
@@ -200,6 +210,10 @@ class _Block:
     """A text node's text, then its images, in reading order."""
 
     pieces: list[str | _Image] = field(default_factory=list)
+
+
+#: What opens a neighbour's text under ``model.hop_phrases`` (``{hop}``: its hop distance).
+HOP_PHRASE = " context from {hop}-hop neighbours:"
 
 
 def _as_list(row: Mapping[str, Any], key: str) -> list:
@@ -260,7 +274,12 @@ def _raw_blocks(
     blocks = []
     for position, i in enumerate(reading):
         text = str(segments[i] or "").strip()
-        first = lead + text if position == 0 and own else " " + text if text else ""
+        if position == 0 and own:
+            first = lead + text
+        elif text and spec.hop_phrases and i < len(hops):
+            first = HOP_PHRASE.format(hop=int(hops[i])) + " " + text
+        else:
+            first = " " + text if text else ""
         block = _Block([first] if first else [])
         for j in by_owner.get(i, []):
             block.pieces.extend(image_pieces(j))

@@ -57,8 +57,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def check_compatible(state: dict[str, Any], model_cfg: Any, source: str = "checkpoint") -> None:
     """Raise ValueError naming every model field whose value differs from the checkpoint's."""
-    saved = state.get("model_signature", {})
     ours = model_signature(model_cfg)
+    # a field added after the checkpoint was written reads as its default, which is how that
+    # checkpoint's model ran (e.g. model.hop_phrases: off)
+    saved = {**model_signature(type(model_cfg)()), **state.get("model_signature", {})}
     diffs = [
         f"model.{k}: {source} {saved.get(k)!r} vs config {ours.get(k)!r}"
         for k in sorted(set(saved) | set(ours))
