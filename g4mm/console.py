@@ -12,7 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 
-__all__ = ["VERBOSE_ENV", "add_verbose_argument", "apply_verbosity", "verbose"]
+__all__ = [
+    "VERBOSE_ENV",
+    "add_verbose_argument",
+    "apply_verbosity",
+    "quiet_transformers_bars",
+    "verbose",
+]
 
 #: ``debug``: print everything (Ray Data progress, model-loading bars).
 VERBOSE_ENV = "G4MM_LOG"
@@ -35,3 +41,13 @@ def apply_verbosity(args: argparse.Namespace) -> None:
     """Export ``G4MM_LOG=debug`` when ``-v`` was given (before Ray starts its workers)."""
     if getattr(args, "verbose", False):
         os.environ[VERBOSE_ENV] = "debug"
+
+
+def quiet_transformers_bars() -> None:
+    """transformers' bars off unless verbose: 5.x draws "Loading weights" per model load
+    (every Ray worker loads the backbones: dozens a run) and "Converting and de-quantizing GGUF
+    tensors" per GGUF read."""
+    if not verbose():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()

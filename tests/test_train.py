@@ -151,6 +151,19 @@ def test_train_job_writes_a_complete_run_dir(trained, artifact_dir):
 
 
 @pytest.mark.slow
+def test_the_train_job_console_is_quiet(trained):
+    """Each training log line once; none of Ray's per-dataset, per-report or start-up INFO."""
+    proc, _ = trained
+    lines = (proc.stdout + proc.stderr).splitlines()
+    steps = [line for line in lines if "step " in line and "samples/s" in line]
+    assert len(steps) == 2 and len(set(steps)) == 2  # log_every 10, 20 steps: once each
+    for noise in ("Reporting training result", "execution finished", "Data sink Parquet",
+                  "broadcast_buffers", "Setting up process group", "Loading weights"):
+        assert not [line for line in lines if noise in line], noise
+    assert len(lines) < 60, "\n".join(lines)
+
+
+@pytest.mark.slow
 def test_worker_crash_resumes_from_the_checkpoint(artifact_dir, tmp_path):
     run = tmp_path / "run"
     proc = run_job(

@@ -130,14 +130,9 @@ def resolve_backbone(name: str, kind: Kind, artifact_dir: str | Path = "artifact
 
 
 def _from_pretrained(loader, source: str, name: str, kind: Kind, **kwargs):
-    from transformers.utils import logging as hf_logging
+    from g4mm.console import quiet_transformers_bars
 
-    from g4mm.console import verbose
-
-    # transformers 5 draws a "Loading weights" bar per model load; every Ray worker loads the
-    # backbones, so a run printed dozens of them (G4MM_LOG=debug keeps them)
-    if not verbose():
-        hf_logging.disable_progress_bar()
+    quiet_transformers_bars()
     try:
         return loader.from_pretrained(source, **kwargs)
     except OSError as err:  # missing files, no network, gated repo

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -45,8 +46,50 @@ def configure_data_context(progress_bars: bool | None = None) -> DataContext:
         # it did not hang in any run (Train workers reserve train.cpus_per_worker = 0.5, which
         # is what keeps Ray Data fed). Shown under G4MM_LOG=debug.
         log_once("cpu_warning")
+        _quiet_ray_data_console()
     ctx.print_on_execution_start = False
     return ctx
+
+
+def _quiet_ray_data_console() -> None:
+    """Ray Data's console handler from INFO to WARNING: it prints INFO lines for every dataset
+    a run executes ("Dataset ... execution finished in 0.10 seconds", "Data sink Parquet
+    finished. 161 rows ..."): a dozen per preprocess, which the ``[preprocess]`` lines already
+    summarise, and one per epoch from each Train run's split coordinator. Its session log file
+    (``logs/ray-data/``) keeps everything.
+
+    Here (``import ray.data`` has set up the handlers already) the handler's level is lowered;
+    processes Ray starts later read ``RAY_DATA_LOGGING_CONFIG``, Ray Data's own setting, which
+    points at Ray's default config with only the console's level changed."""
+    import logging
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if type(handler).__name__ == "PlainRayHandler":  # the console, not the session file
+            handler.setLevel(logging.WARNING)
+    if "RAY_DATA_LOGGING_CONFIG" not in os.environ:
+        os.environ["RAY_DATA_LOGGING_CONFIG"] = str(_quiet_ray_data_logging_file())
+
+
+def _quiet_ray_data_logging_file() -> Path:
+    """Ray Data's default logging config, console at WARNING, as a YAML file (written once
+    per content into the temp dir)."""
+    import copy
+    import hashlib
+    import tempfile
+
+    import yaml
+    from ray.data._internal.logging import DEFAULT_CONFIG
+
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    config["handlers"]["console"]["level"] = "WARNING"
+    text = yaml.safe_dump(config)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"g4mm-ray-data-logging-{digest}.yaml"
+    if not path.is_file():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return path
 
 
 def _running_local_cluster() -> bool:
@@ -66,7 +109,11 @@ def init_ray(num_cpus: int | None = None, *, progress_bars: bool | None = None) 
         num_cpus: logical CPUs of a *locally started* Ray (ignored when joining a cluster).
         progress_bars: see :func:`configure_data_context`.
     """
+    from g4mm.console import verbose
+
     if not ray.is_initialized():
+        if not verbose():  # before the workers start: they inherit the setting
+            _quiet_ray_data_console()
         address = os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address, log_to_driver=True)

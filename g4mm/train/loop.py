@@ -335,6 +335,7 @@ def train_loop(
         window_loss = torch.zeros((), device=device)
         window_steps = window_samples = window_tokens = 0
         window_start = run_start = time.perf_counter()
+        paced_from: tuple[int, float] | None = None  # (step, time) of the first log line
         while step < train_cfg.max_steps:
             if step_graph is not None:  # the whole step, replayed once recorded
                 micro_batches = [next(batches) for _ in range(train_cfg.grad_accum)]
@@ -370,7 +371,13 @@ def train_loop(
                 elapsed = time.perf_counter() - window_start
                 loss = window_loss.item() / window_steps  # the only host sync, once per log line
                 rate = window_samples / max(elapsed, 1e-9)
-                eta = (train_cfg.max_steps - step) * elapsed / window_steps
+                if paced_from is None:  # the first window holds start-up (compile, first batch)
+                    paced_from = (step, time.perf_counter())
+                    eta = (train_cfg.max_steps - step) * elapsed / window_steps
+                else:  # the pace since then, evaluations and epoch starts included: steady
+                    paced_steps, paced_start = step - paced_from[0], paced_from[1]
+                    per_step = (time.perf_counter() - paced_start) / paced_steps
+                    eta = (train_cfg.max_steps - step) * per_step
                 if is_main:
                     log(
                         f"step {step}/{train_cfg.max_steps} loss {loss:.4f} "
