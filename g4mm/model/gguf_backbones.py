@@ -21,11 +21,15 @@ about a second. A GGUF that cannot be read fails naming the file.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.util
+import io
 import json
 import shutil
 import tempfile
+from contextlib import redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,18 +150,37 @@ def ensure_dequantised(name: str, artifact_dir: str | Path) -> Path:
     identity = _identity(source)
     if _is_current(target, identity):
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # one builder at a time per directory (two runs, or a run's driver and workers, sharing an
+    # artifact dir): the others wait, then find the stamp current
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _is_current(target, identity):
+            _dequantise(name, source, target, identity)
+    return target
+
+
+def _dequantise(name: str, source: GGUFSource, target: Path, identity: dict) -> None:
+    """Read the GGUF, save it as a float32 HF directory at ``target`` (written aside, then
+    renamed into place, so a reader never sees half a directory)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
+    from g4mm.console import quiet_transformers_bars, verbose
+
+    quiet_transformers_bars()
+    print(f"[backbone] {name}: dequantising {source.path} once into {target}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
         try:
             kwargs = {"gguf_file": source.file}
-            tokenizer = AutoTokenizer.from_pretrained(str(source.directory), **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(
-                str(source.directory), dtype=torch.float32, **kwargs
-            )
+            # transformers draws its "de-quantizing GGUF tensors" bar with a bare tqdm on
+            # stderr, which no logging setting reaches: kept off the console unless verbose
+            with contextlib.nullcontext() if verbose() else redirect_stderr(io.StringIO()):
+                tokenizer = AutoTokenizer.from_pretrained(str(source.directory), **kwargs)
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(source.directory), dtype=torch.float32, **kwargs
+                )
         except ImportError as err:  # transformers' GGUF reader needs the gguf package
             raise ImportError(
                 f"LM backbone {name!r} needs the gguf package: {INSTALL_SMOLLM2}"
@@ -179,4 +202,3 @@ def ensure_dequantised(name: str, artifact_dir: str | Path) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return target
