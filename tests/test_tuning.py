@@ -514,3 +514,10 @@ def test_a_when_naming_neither_a_parameter_nor_a_field_is_an_error(tmp_path):
     )
     with pytest.raises(SpaceError, match="earlier categorical parameter or a config field"):
         load_space(str(bad), SPACES)
+
+
+def test_a_search_over_several_backbones_tries_each_first():
+    cfg = load_config("smoke", ["tune.backbones=[tiny, smollm2-135m]"])
+    space = load_space("default", SPACES).resolve(cfg)
+    assert space.first_points() == [{"backbone": "tiny"}, {"backbone": "smollm2-135m"}]
+    assert load_space("default", SPACES).resolve(load_config("smoke")).first_points() == []

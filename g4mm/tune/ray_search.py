@@ -215,7 +215,10 @@ def _new_tuner(
             ),
             run_config=run_config,
         )
-    searcher = OptunaSearch(space=space, metric=spec.metric, mode=spec.mode, seed=cfg.tune.seed)
+    searcher = OptunaSearch(
+        space=space, metric=spec.metric, mode=spec.mode, seed=cfg.tune.seed,
+        points_to_evaluate=space.first_points()[: spec.num_samples] or None,  # every backbone
+    )  # fmt: skip
     scheduler = ASHAScheduler(
         time_attr="training_iteration",
         metric=spec.metric,

@@ -166,6 +166,16 @@ class SearchSpace:
     def names(self) -> list[str]:
         return [p.name for p in self.params]
 
+    def first_points(self, target: str = "model.lm") -> list[dict[str, Any]]:
+        """One Optuna warm-start point per choice of the unconditional categorical parameter
+        that sets ``target`` (the backbone axis), the other parameters left to the sampler: a
+        seeded 2-trial search over ``tune.backbones: [tiny, smollm2-135m]`` drew ``tiny``
+        twice, comparing no backbone. Empty when that axis has fewer than two choices."""
+        for param in self.params:
+            if param.target == target and param.type == "categorical" and not param.when:
+                return [{param.name: c} for c in param.choices] if len(param.choices) > 1 else []
+        return []
+
     @property
     def targets(self) -> dict[str, str]:
         """Parameter name -> dotted config field."""
