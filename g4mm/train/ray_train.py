@@ -165,7 +165,9 @@ def _quiet_report_lines() -> None:
         from ray.train.v2._internal.execution import context as train_context
     except ImportError:  # pragma: no cover - internals moved
         return
-    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    logger = logging.getLogger(train_context.__file__)
+    logger.setLevel(logging.WARNING)
+    logger.addFilter(lambda record: record.levelno >= logging.WARNING)  # kept if a level resets
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
