@@ -408,6 +408,9 @@ def ensure_tiny_backbones(
     Returns ``{"lm": status, "vision": status}`` with status ``built``, ``cached`` or
     ``not tiny``. ``cfg`` is an ``ExperimentConfig``.
     """
+    from g4mm.console import quiet_transformers_bars
+
+    quiet_transformers_bars()  # save_pretrained's "Writing model shards" bar, twice a build
     root = Path(cfg.data.artifact_dir)
     recipes = recipes or {}
     status = {"lm": "not tiny", "vision": "not tiny"}
