@@ -49,3 +49,41 @@ def test_commands_take_dash_v(script):
     proc = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)  # fmt: skip
     assert proc.returncode == 0 and "-v, --verbose" in proc.stdout
+
+
+_METRICS_IN_A_SUBPROCESS = (
+    "from g4mm.eval.metrics import caption_metrics\n"
+    "import os, sys\n"
+    "os.write(2, b'another line on stderr\\n')\n"
+    "print(caption_metrics(['a cat sat on the mat'], ['a cat sat on a mat'])['bleu1'])\n"
+)
+
+
+@pytest.mark.parametrize("level", ["", "debug"])
+def test_the_java_tokenizer_chatter_is_held_back_unless_verbose(level):
+    """Real pycocoevalcap + Java: its "PTBTokenizer tokenized N tokens" line only with -v;
+    everything else on stderr (here: a line written before the tokenizer ran) still shows."""
+    import os
+
+    env = {**os.environ, VERBOSE_ENV: level}
+    proc = subprocess.run([sys.executable, "-c", _METRICS_IN_A_SUBPROCESS], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout.strip()) > 0.8
+    assert "another line on stderr" in proc.stderr
+    assert ("PTBTokenizer tokenized" in proc.stderr) == (level == "debug")
+
+
+def test_held_back_stderr_keeps_other_lines_and_everything_on_error(monkeypatch, capfd):
+    import os
+
+    from g4mm.console import stderr_without
+
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    with stderr_without(r"noise \d+\n"):
+        os.write(2, b"noise 1\nkept\nnoise 22\n")
+    assert capfd.readouterr().err == "kept\n"
+    with pytest.raises(ValueError), stderr_without(r"noise \d+\n"):
+        os.write(2, b"noise 3\n")
+        raise ValueError
+    assert capfd.readouterr().err == "noise 3\n"  # it may explain the error: kept

@@ -152,7 +152,11 @@ def test_train_job_writes_a_complete_run_dir(trained, artifact_dir):
 
 @pytest.mark.slow
 def test_the_train_job_console_is_quiet(trained):
-    """Each training log line once; none of Ray's per-dataset, per-report or start-up INFO."""
+    """Each training log line once; none of Ray's per-dataset, per-report or start-up INFO.
+
+    "Setting up process group" is logged by Ray Train's torch backend before Train configures
+    the worker's loggers; it reached the console in one CI run of several until the workers'
+    ``ray`` logger started at WARNING (``RAY_LOGGER_LEVEL``, g4mm.pipeline.ray_runtime)."""
     proc, _ = trained
     lines = (proc.stdout + proc.stderr).splitlines()
     steps = [line for line in lines if "step " in line and "samples/s" in line]
@@ -160,7 +164,8 @@ def test_the_train_job_console_is_quiet(trained):
     # (Ray Train's "Reporting training result" dump is held back too, by level, but one line of
     # it reached the console in one CI run out of several: not asserted)
     for noise in ("execution finished", "Data sink Parquet",
-                  "broadcast_buffers", "Setting up process group", "Loading weights"):
+                  "broadcast_buffers", "Setting up process group", "Loading weights",
+                  "PTBTokenizer tokenized"):
         assert not [line for line in lines if noise in line], noise
     assert len(lines) < 60, "\n".join(lines)
 

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 
 import torch
 
+from g4mm.console import stderr_without
+
 __all__ = [
     "CAPTION_METRICS",
     "accuracy",
@@ -46,13 +48,18 @@ def normalise_caption(text: str | None) -> str:
     return " ".join(str(text or "").split())
 
 
+#: what pycocoevalcap's Java tokenizer prints to stderr on every run
+PTB_TOKENIZER_CHATTER = r"PTBTokenizer tokenized\s+\d+ tokens at [\d.]+ tokens per second\.\s*"
+
+
 def _ptb_tokenize(captions: dict[tuple[str, int], list[str]]) -> dict[tuple[str, int], list[str]]:
     """One PTBTokenizer run over every caption; checks that every caption came back."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     payload = {k: [{"caption": normalise_caption(c)} for c in v] for k, v in captions.items()}
     try:
-        tokenized = PTBTokenizer().tokenize(payload)
+        with stderr_without(PTB_TOKENIZER_CHATTER):
+            tokenized = PTBTokenizer().tokenize(payload)
     except FileNotFoundError as err:  # the `java` executable
         raise RuntimeError(
             "caption_metrics needs Java on PATH for pycocoevalcap's PTB tokenizer"

@@ -92,6 +92,20 @@ def _quiet_ray_data_logging_file() -> Path:
     return path
 
 
+def _quiet_ray_worker_info() -> None:
+    """The ``ray`` logger of every Ray worker process started from here at WARNING.
+
+    A worker configures it from ``RAY_LOGGER_LEVEL`` at start-up (INFO by default), and some
+    Ray libraries log through it before their own logging set-up runs: Ray Train's rank 0
+    printed "Setting up process group for: env:// [rank=0, world_size=2]" to the console in
+    one CI run out of several, because the torch backend starts before Train configures the
+    worker's ``ray.train`` logger (which then sends INFO to its log files only). This process's
+    own ``ray`` logger is untouched: ``ray.init`` read its default level when ``ray`` was
+    imported. Warnings and errors still reach the console; a cluster that is joined rather
+    than started keeps its own setting."""
+    os.environ.setdefault("RAY_LOGGER_LEVEL", "warning")
+
+
 def _running_local_cluster() -> bool:
     """True when ``ray start`` left a cluster address file on this machine."""
     try:
@@ -112,8 +126,9 @@ def init_ray(num_cpus: int | None = None, *, progress_bars: bool | None = None) 
     from g4mm.console import verbose
 
     if not ray.is_initialized():
-        if not verbose():  # before the workers start: they inherit the setting
+        if not verbose():  # before the workers start: they inherit the settings
             _quiet_ray_data_console()
+            _quiet_ray_worker_info()
         address = os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address, log_to_driver=True)
