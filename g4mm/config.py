@@ -145,6 +145,7 @@ TOKEN_PLACEMENTS: tuple[str, ...] = ("at_images", "after_text")
 DIFFUSION_IMPLS: tuple[str, ...] = ("dense", "sparse")
 GNN_TYPES: tuple[str, ...] = ("gcn", "gat")
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
+TRACKERS: tuple[str, ...] = ("mlflow", "none")
 COMPILE_SCOPES: tuple[str, ...] = ("lm", "lm+adapter", "forward")
 CUDA_GRAPH_MODES: tuple[str, ...] = ("reduce-overhead", "max-autotune")
 COMPILE_MODES: tuple[str, ...] = ("default", *CUDA_GRAPH_MODES, "max-autotune-no-cudagraphs")
@@ -201,6 +202,10 @@ class DataConfig:
         image_size: side in pixels of the rendered synthetic images.
         seed: generator / split seed.
         num_blocks: number of Ray Data blocks (parallelism of preprocessing).
+        allow_outside_images: read images whose reference resolves outside the input and
+            images directories (an absolute path, ``..``, a symlink out). Off by default: such
+            a reference is a counted corrupt image, never opened, so a dataset cannot make a
+            run read (and embed) files elsewhere on the machine.
     """
 
     dataset: str = "synthetic-docs"
@@ -217,6 +222,7 @@ class DataConfig:
     image_size: int = 32
     seed: int = 0
     num_blocks: int = 8
+    allow_outside_images: bool = False
 
 
 @dataclass
@@ -331,6 +337,12 @@ class TrainConfig:
             compose).
         step_graph_pad: with ``step_graph``, prompt and target widths are padded up to
             multiples of this, so batches share recorded shapes (more padding, fewer graphs).
+        tracking: where each run is tracked besides its run directory: ``"mlflow"`` (params,
+            every evaluation's metrics by step, test metrics, the run's files as artifacts;
+            :mod:`g4mm.tracking`) or ``"none"``.
+        tracking_uri: the MLflow tracking store: None = ``sqlite:///<output_dir>/mlflow.db``
+            (a local SQLite file); ``http://host:5000`` for a server every node can reach
+            (a cluster), or any URI MLflow accepts.
         cudnn_attention: let SDPA try its cuDNN attention first (off by default: cuDNN
             builds an execution plan for every new sequence shape, 118 vs 43 ms per step at
             batch 8 with bucketed variable lengths on one H100). With ``step_graph`` each
@@ -364,6 +376,8 @@ class TrainConfig:
     step_graph: bool = False
     step_graph_pad: int = 64
     cudnn_attention: bool = False
+    tracking: str = "mlflow"
+    tracking_uri: str | None = None
 
 
 @dataclass
@@ -455,7 +469,18 @@ _SCI_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
 
 
 class _Loader(yaml.SafeLoader):
-    """Safe loader that also reads exponent-only numbers (``1e-4``) as floats."""
+    """Safe loader that also reads exponent-only numbers (``1e-4``) as floats, and refuses
+    aliases (``*name``): a config has no use for them, and nested aliases expand a few hundred
+    bytes of YAML into gigabytes (the "billion laughs" document)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(
+                f"YAML alias *{event.anchor} at line {event.start_mark.line + 1}: aliases are "
+                "not allowed in configs (write the value out)"
+            )
+        return super().compose_node(parent, index)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -955,6 +980,7 @@ class ExperimentConfig:
         if not t.grad_clip >= 0:
             errors.append(f"train.grad_clip = {t.grad_clip!r}: must be >= 0 (0 disables)")
         choice("train.precision", t.precision, PRECISIONS)
+        choice("train.tracking", t.tracking, TRACKERS)
         choice("train.frozen_dtype", t.frozen_dtype, PRECISIONS)
         choice("train.compile_mode", t.compile_mode, COMPILE_MODES)
         choice("train.compile_scope", t.compile_scope, COMPILE_SCOPES)

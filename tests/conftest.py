@@ -133,3 +133,65 @@ def artifact_dir(tmp_path_factory) -> str:
         ensure_tiny_backbones(cfg, corpus_texts(raw), pretrain_steps=40, vision_steps=20)
     assert cache_key(cfg) is not None
     return str(path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory) -> str:
+    """Every run the tests start is tracked (``train.tracking: mlflow``, the default) into one
+    SQLite store of this session, never the checkout's ``runs/mlflow.db``: MLflow's own
+    ``MLFLOW_TRACKING_URI``, inherited by every job subprocess and Ray worker."""
+    import os
+
+    uri = f"sqlite:///{tmp_path_factory.getbasetemp() / 'mlflow' / 'mlflow.db'}"
+    (tmp_path_factory.getbasetemp() / "mlflow").mkdir(exist_ok=True)
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on loopback (its own SQLite store and artifact
+    directory), as a cluster's runs would use: yields its URL."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = (root / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
+                if reply.read().strip() == b"OK":
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()

@@ -100,6 +100,8 @@ def test_ray_job_submit_trains_the_smoke_config(cluster, artifact_dir, tmp_path)
             "HF_HUB_OFFLINE": "1",
             "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
             "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+            # the job's run is tracked in this session's store, not in its working directory
+            "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],
         },
         "excludes": [".git"],  # .venv/, artifacts/, runs/: Ray honours .gitignore
     }
@@ -149,3 +151,20 @@ def test_ray_job_submit_trains_the_smoke_config(cluster, artifact_dir, tmp_path)
     assert denied.returncode != 0, denied.stdout
     refusal = (denied.stdout + denied.stderr).lower()
     assert any(word in refusal for word in ("401", "unauthori", "token")), refusal[-2000:]
+
+
+def test_a_job_without_the_token_is_refused(cluster, tmp_path):
+    """Under ``RAY_AUTH_MODE=token`` a client that has no token (no RAY_AUTH_TOKEN_PATH, an
+    empty HOME) cannot submit: non-zero exit, nothing run."""
+    address, env, _ = cluster
+    (tmp_path / "home").mkdir()
+    stranger = {k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
+    stranger["HOME"] = str(tmp_path / "home")
+    marker = tmp_path / "ran"
+    proc = _ray(stranger, "job", "submit", "--address", address, "--no-wait", "--",
+                "touch", str(marker), timeout=120)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "token" in out.lower() or "401" in out or "unauthori" in out.lower(), out[-3000:]
+    time.sleep(3)
+    assert not marker.exists()

@@ -22,6 +22,7 @@ import torch
 
 from g4mm.config import load_config
 from g4mm.train.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from g4mm.train.resume import RAY_RUN_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -171,6 +172,35 @@ def test_the_train_job_console_is_quiet(trained):
 
 
 @pytest.mark.slow
+def test_the_run_is_tracked_in_mlflow(trained, mlflow_store):
+    """The default ``train.tracking: mlflow``: params, the curve by optimizer step (logged by
+    Ray Train's rank 0 as it happened), test metrics, tags and the run's files, read back
+    through MLflow's client from the session's SQLite store."""
+    from mlflow import MlflowClient
+
+    proc, run = trained
+    record = json.loads((run / "mlflow_run.json").read_text())
+    assert record["uri"] == mlflow_store
+    client = MlflowClient(mlflow_store)
+    tracked = client.get_run(record["run_id"])
+    assert tracked.info.status == "FINISHED" and tracked.info.run_name == run.name
+    tags = tracked.data.tags
+    assert (tags["variant"], tags["backbone"], tags["dataset"]) == (
+        "hop_diffused", "tiny", "synthetic-docs")  # fmt: skip
+    assert tags["run_dir"] == str(run.resolve()) and len(tags["commit"]) >= 7
+    assert tracked.data.params["model.variant"] == "hop_diffused"
+    assert tracked.data.params["train.max_steps"] == "20"
+    history = read_jsonl(run / "history.jsonl")
+    curve = client.get_metric_history(record["run_id"], "val_loss")
+    assert [(m.step, m.value) for m in curve] == [(h["step"], pytest.approx(h["val_loss"]))
+                                                  for h in history]  # fmt: skip
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert tracked.data.metrics["test_cider"] == pytest.approx(metrics["cider"])
+    assert {a.path for a in client.list_artifacts(record["run_id"])} >= RUN_FILES
+    assert "tracked in MLflow: " in proc.stdout
+
+
+@pytest.mark.slow
 def test_worker_crash_resumes_from_the_checkpoint(artifact_dir, tmp_path):
     run = tmp_path / "run"
     proc = run_job(
@@ -204,8 +234,8 @@ def test_in_process_trainer_writes_the_same_files(trained, artifact_dir, tmp_pat
     assert proc.returncode == 0, tail(proc)
     assert f"run directory: {run.resolve()}" in proc.stdout
 
-    def files(root: Path) -> set[str]:
-        return {p.name for p in root.iterdir() if p.is_file()}
+    def files(root: Path) -> set[str]:  # ray_run.json: the Ray run's name, for --resume
+        return {p.name for p in root.iterdir() if p.is_file()} - {RAY_RUN_FILE}
 
     assert files(run) == files(ray_run) and files(run) >= RUN_FILES
     assert (run / "checkpoints" / "best" / CHECKPOINT_FILE).is_file()
@@ -335,7 +365,7 @@ def test_evaluate_help():
 
 def test_each_rank_and_each_resume_draws_its_own_seeded_stream():
     """A restarted worker must not replay step 0's dropout masks and epoch 0's data order."""
-    from g4mm.train.ray_train import resumed_seed
+    from g4mm.train.resume import resumed_seed
 
     assert resumed_seed(7, 0, 0) == 7 and resumed_seed(7, 0, 1) == 8  # the start: seed + rank
     seeds = {resumed_seed(7, step, rank) for step in (0, 10, 20, 30) for rank in range(4)}

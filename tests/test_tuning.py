@@ -14,6 +14,7 @@ import json
 import math
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -106,11 +107,13 @@ def prep_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def searched(artifact_dir, prep_root, tmp_path_factory):
-    """The 4-trial smoke search, once: ``(completed process, output dir)``."""
+def searched(artifact_dir, prep_root, tmp_path_factory, mlflow_server):
+    """The 4-trial smoke search, once, tracked on a real MLflow server: ``(completed process,
+    output dir)``."""
     assert committed_keys(prep_root) == []
     out = tmp_path_factory.mktemp("search") / "sweep"
-    proc = run(search_args(artifact_dir, prep_root, out, "--num-samples", "4", *SHORT))
+    proc = run(search_args(artifact_dir, prep_root, out, "--num-samples", "4", *SHORT,
+                           "--set", f"train.tracking_uri={mlflow_server}"))  # fmt: skip
     assert proc.returncode == 0, tail(proc)
     return proc, out
 
@@ -437,6 +440,14 @@ def test_interrupted_search_resumes_without_redoing_finished_trials(
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed"] and not summary["interrupted_run"]
 
+    # MLflow (the session's SQLite store): one parent, one child per trial, none twice
+    _, parent, children = sweep_runs(os.environ["MLFLOW_TRACKING_URI"], out)
+    assert parent.info.status == "FINISHED"
+    names = [c.data.tags["trial_name"] for c in children]
+    assert len(names) == 3 and all(
+        sum(name.endswith(r["trial_id"]) for name in names) == 1 for r in rows), names  # fmt: skip
+    assert all(c.info.status == "FINISHED" for c in children)
+
     # neither the interrupted run nor the resumed one recomputed the features
     calls = json.loads((out / "preprocess.json").read_text())
     assert [c["resume"] for c in calls] == [False, True]
@@ -521,3 +532,69 @@ def test_a_search_over_several_backbones_tries_each_first():
     space = load_space("default", SPACES).resolve(cfg)
     assert space.first_points() == [{"backbone": "tiny"}, {"backbone": "smollm2-135m"}]
     assert load_space("default", SPACES).resolve(load_config("smoke")).first_points() == []
+
+
+# ------------------------------------------------------------------------ MLflow tracking
+
+
+def sweep_runs(url: str, out: Path):
+    """(parent run, child runs) of the sweep in ``out``, read back through MLflow's client."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(url)
+    experiment = client.get_experiment_by_name("smoke")
+    parents = client.search_runs([experiment.experiment_id],
+                                 f"tags.kind = 'sweep' and tags.sweep_dir = '{out}'")  # fmt: skip
+    assert len(parents) == 1, [p.info.run_name for p in parents]
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'"
+    )
+    return client, parents[0], children
+
+
+@pytest.mark.slow
+def test_the_sweep_is_a_parent_run_with_one_child_per_trial(searched, mlflow_server):
+    _, out = searched
+    client, parent, children = sweep_runs(mlflow_server, out)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["mode"] == "search" and "space.variant" in parent.data.params
+    assert parent.data.metrics["trials"] == 4
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "leaderboard.csv", "ablation.md", "summary.json", "config.yaml"}  # fmt: skip
+
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    by_trial = {c.data.tags["trial_name"]: c for c in children}
+    assert len(by_trial) == 4
+    for child in children:
+        assert "variant" in child.data.params  # the trial's sampled parameters
+        curve = client.get_metric_history(child.info.run_id, "val_loss")
+        steps = [m.step for m in curve]
+        assert steps and steps == sorted(steps) and set(steps) <= {4, 8, 12}, steps  # optimizer
+        files = {a.path for a in client.list_artifacts(child.info.run_id)}
+        if "test_cider" in child.data.metrics:  # ran to its end (not stopped by ASHA)
+            assert {"predictions.jsonl", "metrics.json", "config.yaml"} <= files, files
+    finished = [c for c in children if "test_cider" in c.data.metrics]
+    assert finished, "no trial ran to its test"
+
+
+@pytest.mark.slow
+def test_the_mlflow_ui_renders_the_sweep_in_headless_chromium(searched, mlflow_server, tmp_path):
+    """The UI's run page, rendered by a real browser: it shows the run's name and a metric."""
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "headless Chromium is needed (.ci/run installs Debian's chromium)"
+    _, out = searched
+    _, parent, _ = sweep_runs(mlflow_server, out)
+    page = f"{mlflow_server}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
+    proc = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom",
+         page],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    dom = proc.stdout
+    assert proc.returncode == 0 and "MLflow" in dom, proc.stderr[-2000:]
+    text = re.sub(r"<[^>]+>", " ", dom)
+    assert out.name in text  # the run's name
+    assert re.search(r"trials\s+4\b", text), text[:3000]  # a metric, with its value

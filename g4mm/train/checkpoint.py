@@ -25,10 +25,19 @@ def model_signature(model_cfg: Any) -> dict[str, Any]:
 
 
 def save_checkpoint(directory: str | os.PathLike[str], state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``directory/checkpoint.pt`` atomically: into a temporary file beside
+    it, then renamed over it, so a process killed mid-write leaves the previous checkpoint
+    whole (never a torn file that a resume would read)."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path / CHECKPOINT_FILE)
-    return path / CHECKPOINT_FILE
+    target = path / CHECKPOINT_FILE
+    tmp = path / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp"
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 def training_state(model, optimizer, scheduler, step: int, cfg, history: list[dict]) -> dict:

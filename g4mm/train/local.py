@@ -11,8 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from g4mm.data.prepared import read_rows
-from g4mm.train.checkpoint import save_checkpoint
+from g4mm.train.checkpoint import (
+    CHECKPOINT_FILE,
+    load_checkpoint,
+    restore_adapter,
+    save_checkpoint,
+)
 from g4mm.train.components import (
     bucketing_note,
     build_components,
@@ -23,6 +30,7 @@ from g4mm.train.components import (
     pick_device,
 )
 from g4mm.train.loop import train_loop
+from g4mm.train.resume import resumed_seed
 from g4mm.train.run_dir import write_run_outputs
 from g4mm.train.selection import is_better, score_key
 
@@ -37,6 +45,7 @@ def train_in_process(
     run_dir: Path,
     log=print,
     on_eval: Callable[[dict[str, Any]], None] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train ``cfg`` on ``prep_dir``, keep the best validation checkpoint, test it.
 
@@ -46,18 +55,38 @@ def train_in_process(
     Args:
         on_eval: called with each evaluation's metrics after its checkpoints are saved (a Tune
             trial reports them here, so a scheduler can stop the run between evaluations).
+        resume: continue from ``run_dir/checkpoints/last`` when it exists (optimizer,
+            scheduler, step and history with it; the best so far from ``checkpoints/best``);
+            the data order continues on a fresh seeded stream, never replaying the start's.
     """
     start = time.perf_counter()
     device = pick_device(cfg.train.use_gpu)
     parts = build_components(cfg, prep_dir, device)
+    key, best = score_key(cfg), {"score": None, "state": None}
+    state = None
+    if resume and (run_dir / "checkpoints" / "last" / CHECKPOINT_FILE).is_file():
+        state = load_checkpoint(run_dir / "checkpoints" / "last")
+        restore_adapter(parts.model, state, cfg.model, source=f"{run_dir}/checkpoints/last")
+        best_path = run_dir / "checkpoints" / "best"
+        has_best = (best_path / CHECKPOINT_FILE).is_file()
+        best_state = load_checkpoint(best_path) if has_best else state
+        best_metrics = next(
+            (h for h in state["history"] if h["step"] == best_state["step"]), {}
+        )  # fmt: skip
+        best.update(score=best_metrics.get(key), state=best_state)
+    elif resume:
+        log(f"no checkpoint in {run_dir}/checkpoints/last yet: starting from step 0")
+    restart = 0 if state is None else int(state["step"])
+    if restart:
+        torch.manual_seed(resumed_seed(cfg.train.seed, restart, 0))
     train_rows = read_rows(prep_dir, "train")
     val_rows = limit(read_rows(prep_dir, "val"), cfg.eval.max_samples)
     batches = cycle_batches(
-        train_rows, parts.collator, cfg.train.batch_size, cfg.train.seed, cfg.train.bucket_window
-    )
+        train_rows, parts.collator, cfg.train.batch_size,
+        resumed_seed(cfg.train.seed, restart, 0), cfg.train.bucket_window,
+    )  # fmt: skip
     if cfg.train.bucket_window:
         log(bucketing_note(cfg.train.bucket_window, cfg.train.batch_size))
-    key, best = score_key(cfg), {"score": None, "state": None}
 
     def report(metrics: dict, state: dict | None) -> None:
         if state is None:
@@ -72,7 +101,7 @@ def train_in_process(
     history = train_loop(
         model=parts.model, batches=batches, cfg=cfg, device=device, report=report,
         evaluate=make_evaluator(parts, cfg, val_rows), log=log,
-        collate_counts=collate_counter(parts.collator),
+        collate_counts=collate_counter(parts.collator), resume=state,
     )  # fmt: skip
     train_seconds = time.perf_counter() - start
     test_metrics, predictions = evaluate_checkpoint(cfg, prep_dir, best["state"], "test", device)
@@ -95,5 +124,6 @@ def finalize_metrics(history, best, key, test_metrics, seconds, num_train_rows) 
         "samples_per_s": sum(h["samples_per_s"] for h in history) / len(history),
         "wall_s": seconds,
         "train_rows": num_train_rows,
+        "resumed_from_step": max(h.get("resumed_from_step", 0) for h in history),
     }
     return final

@@ -12,9 +12,11 @@ epoch (blocks in a new order, rows through a local shuffle buffer), resumes from
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import itertools
 import os
+import signal
 import tempfile
 import time
 import uuid
@@ -35,6 +37,7 @@ from g4mm.console import verbose
 from g4mm.data.prepared import read_rows, split_path
 from g4mm.model.inputs import Graph4MMInputs
 from g4mm.pipeline.dataset import load_split_dataset
+from g4mm.tracking import TrackedRun
 from g4mm.train.checkpoint import load_checkpoint, restore_adapter, save_checkpoint
 from g4mm.train.components import (
     bucketed_chunk_batches,
@@ -46,6 +49,7 @@ from g4mm.train.components import (
 from g4mm.train.grad_sync import broadcast_module
 from g4mm.train.local import limit
 from g4mm.train.loop import adapter_without_ddp, has_trainable_parameters, train_loop
+from g4mm.train.resume import resumed_seed, save_ray_run
 from g4mm.train.selection import is_score, ranking, score_key
 
 
@@ -122,12 +126,6 @@ def _shard_batches(
             yield batch
         if produced == 0:
             raise RuntimeError(f"this worker's train shard holds no full batch of {batch_size}")
-
-
-def resumed_seed(seed: int, restart_step: int, rank: int) -> int:
-    """This rank's seed for the data order (and, after a restart, torch's RNG):
-    ``seed + rank`` at the start, a different stream for each step a run resumes from."""
-    return seed + rank + 1_000_003 * restart_step
 
 
 def _wait_until_reports_collected(num_reports: int, timeout_s: float = 120.0) -> None:
@@ -220,7 +218,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             with adapter_without_ddp(model, True):
                 return evaluate_val()
 
+    tracked = TrackedRun(**config["tracking"]) if config.get("tracking") and rank == 0 else None
+
     def report(metrics: dict, state: dict | None) -> None:
+        if tracked is not None:  # the curve in MLflow as it happens, not when the run ends
+            tracked.log_evaluation(metrics)
         if state is None:
             ray.train.report(metrics)
             return
@@ -231,7 +233,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     fail_at = config.get("fail_at_step")
 
     def inject_failure(step: int) -> None:
-        # test hook: the first attempt's rank-1 worker dies right after its first report
+        # test hook: the first attempt's rank-1 worker is SIGKILLed right after its first report
         if (
             fail_at is not None
             and resume is None
@@ -239,7 +241,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             and rank == min(1, context.get_world_size() - 1)
         ):
             _wait_until_reports_collected(step // cfg.train.eval_every)
-            os._exit(1)
+            os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a lost node would
 
     if cfg.train.bucket_window and rank == 0:
         print(bucketing_note(cfg.train.bucket_window, cfg.train.batch_size), flush=True)
@@ -282,6 +284,8 @@ def fit(
     fail_at_step: int | None = None,
     callbacks: list | None = None,
     gpus_per_worker: float = 1.0,
+    run_name: str | None = None,
+    tracked: TrackedRun | None = None,
 ) -> ray.train.Result:
     """Run the TorchTrainer; checkpoints and Ray's run state go under ``train.storage_path``
     (any pyarrow filesystem URI, e.g. ``s3://bucket/runs``) or ``run_dir/ray``.
@@ -289,6 +293,10 @@ def fit(
     Args:
         callbacks: Ray Train callbacks (a Tune trial passes ``TuneReportCallback()``).
         gpus_per_worker: GPUs per worker when GPUs are used (fractions share a GPU).
+        run_name: the Ray run to continue (``ray_run.json`` of a stopped run: Ray Train
+            restores it from its latest checkpoint in the same storage); None starts a new one
+            and records it there (:mod:`g4mm.train.resume`).
+        tracked: the MLflow run rank 0 logs every evaluation into (:mod:`g4mm.tracking`).
     """
     use_gpu = cfg.train.use_gpu == "true" or (
         cfg.train.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0
@@ -297,6 +305,9 @@ def fit(
     if use_gpu:
         resources["GPU"] = gpus_per_worker
     storage = cfg.train.storage_path or str(run_dir / "ray")
+    if run_name is None:  # unique: a new run never resumes another by accident
+        run_name = f"{run_dir.name}-{uuid.uuid4().hex[:6]}"
+        save_ray_run(run_dir, run_name, storage)
     # Ray Train V2 patches print() in its workers to log through the root logger, and tees to
     # stdout as well because Ray has already redirected a worker's stdout: every line of the
     # training loop reached the console twice. The driver passes this on to every worker.
@@ -307,12 +318,13 @@ def fit(
             "cfg": cfg.to_dict(),
             "prep_dir": str(prep_dir),
             "fail_at_step": fail_at_step,
+            "tracking": None if tracked is None else dataclasses.asdict(tracked),
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
         run_config=RunConfig(
-            name=f"{run_dir.name}-{uuid.uuid4().hex[:6]}",  # unique: never resume by accident
+            name=run_name,
             storage_path=storage,
             callbacks=callbacks,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),

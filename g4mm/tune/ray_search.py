@@ -51,6 +51,7 @@ from g4mm.tune.ray_progress import SweepProgress
 from g4mm.tune.ray_results import collect_records, saved_trials
 from g4mm.tune.ray_trial import run_trial
 from g4mm.tune.space import Param, SearchSpace, SpaceError, load_space
+from g4mm.tune.tracking import finish_sweep_run, open_sweep_run
 
 __all__ = ["EXPERIMENT", "connect_ray", "prepare_features", "run_sweep"]
 
@@ -192,13 +193,18 @@ def _trainable(cfg: ExperimentConfig, space: SearchSpace, spec: SweepSpec, outpu
 
 
 def _new_tuner(
-    trainable, cfg: ExperimentConfig, space: SearchSpace, spec: SweepSpec, output: Path
+    trainable, cfg: ExperimentConfig, space: SearchSpace, spec: SweepSpec, output: Path,
+    tracking: Any = None,
 ) -> tune.Tuner:
+    """``tracking``: the Tune callback that logs the trials to MLflow, or None."""
     total = spec.num_samples
+    callbacks = [SweepProgress(spec.metric, total, space.names)]
+    if tracking is not None:
+        callbacks.append(tracking)
     run_config = tune.RunConfig(
         name=EXPERIMENT,
         storage_path=str(output / "ray"),
-        callbacks=[SweepProgress(spec.metric, total, space.names)],
+        callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=0),
         verbose=0,
     )
@@ -366,11 +372,21 @@ def run_sweep(
     _log_preprocess(output, resume, prep)
 
     trainable = _trainable(cfg, space, spec, output)
-    if resume:
+    parent, tracking = open_sweep_run(cfg, output, {
+        "mode": "grid" if spec.grid else "search", "runner": spec.runner,
+        "metric": spec.metric, "metric_mode": spec.mode, "num_samples": spec.num_samples,
+        **{f"space.{p.name}": p.describe() for p in space.params},
+    })  # fmt: skip
+    if resume:  # Tune restores the callbacks it was started with (the MLflow one included)
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True)
     else:
-        tuner = _new_tuner(trainable, cfg, space, spec, output)
-    tuner.fit()
+        tuner = _new_tuner(trainable, cfg, space, spec, output, tracking)
+    try:
+        tuner.fit()
+    except BaseException:
+        if parent is not None:
+            parent.finish("KILLED")
+        raise
 
     trials = saved_trials(exp_dir)
     unfinished = [t for t in trials if t.status not in (Trial.TERMINATED, Trial.ERROR)]
@@ -384,4 +400,7 @@ def run_sweep(
         **write_outputs(output, cfg, space, spec, records),
     }
     (output / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if parent is not None:
+        finish_sweep_run(parent, output, summary)
+        summary["mlflow"] = parent.url_hint
     return summary
