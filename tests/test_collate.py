@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import re
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from transformers import AutoTokenizer, OPTForCausalLM
 
 from g4mm.data.collate import GraphCollator
 from g4mm.data.corpus import _copy_batch, ensure_tiny_backbones
@@ -176,9 +179,14 @@ def test_ensure_tiny_backbones_builds_pretrained_lm_once(tmp_path):
     assert ensure_tiny_backbones(cfg, corpus, pretrain_steps=5)["lm"] == "built"
 
 
-def test_a_tiny_backbone_built_for_other_data_is_rebuilt_one_built_by_hand_is_kept(
+def test_tiny_backbones_of_two_recipes_are_kept_side_by_side_one_built_by_hand_is_kept(
     tmp_path, caplog
 ):
+    """Two configs sharing one data.artifact_dir, one after the other (measured before: the
+    README's cluster example rebuilt the default's tiny LM, and the default's next run rebuilt
+    it back, 147 s instead of 11 s): each recipe's build is kept, switching back is a swap."""
+    from g4mm.data.corpus import recipe_tag
+
     corpus = ["the red circle sits above the blue square", "a green star with stripes"] * 20
     cfg = SimpleNamespace(
         data=SimpleNamespace(artifact_dir=str(tmp_path), seed=0, image_size=16),
@@ -188,20 +196,34 @@ def test_a_tiny_backbone_built_for_other_data_is_rebuilt_one_built_by_hand_is_ke
             "vision": {"seed": 0, "image_size": 16}}  # fmt: skip
     products = {**docs, "lm": {"dataset": "synthetic-products", "source": {"n": 5}}}
     steps = {"pretrain_steps": 2, "vision_steps": 2}
+    lm_dir = tmp_path / "backbones" / "tiny-lm"
     built = ensure_tiny_backbones(cfg, corpus, recipes=docs, **steps)
     assert built == {"lm": "built", "vision": "built"}
+    docs_weights = (lm_dir / "model.safetensors").read_bytes()
     assert ensure_tiny_backbones(cfg, corpus, recipes=docs) == {"lm": "cached", "vision": "cached"}
     with caplog.at_level(logging.WARNING, logger="g4mm.data.corpus"):
         rebuilt = ensure_tiny_backbones(cfg, corpus, recipes=products, **steps)
     assert rebuilt == {"lm": "built", "vision": "cached"}
-    assert "built for other data (synthetic-docs); rebuilding it for synthetic-products" in (
-        caplog.text
-    )
-    stamp = json.loads((tmp_path / "backbones" / "tiny-lm" / "g4mm_build.json").read_text())
-    assert stamp["recipe"]["dataset"] == "synthetic-products"
+    kept = f"tiny-lm@{recipe_tag(docs['lm'])}"
+    assert (f"built from another recipe (dataset 'synthetic-docs' -> 'synthetic-products'; "
+            f"source.n None -> 5; source.num_pages [8] -> None); building it, and keeping the "
+            f"other as {kept}") in caplog.text  # fmt: skip
+    assert json.loads((lm_dir / "g4mm_build.json").read_text())["recipe"]["dataset"] == (
+        "synthetic-products")  # fmt: skip
+    assert (tmp_path / "backbones" / kept / "config.json").is_file()
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="g4mm.data.corpus"):  # back: no training
+        assert ensure_tiny_backbones(cfg, corpus, recipes=docs)["lm"] == "restored"
+    assert "restoring the build kept for it" in caplog.text
+    assert (lm_dir / "model.safetensors").read_bytes() == docs_weights
+    assert (tmp_path / "backbones" / f"tiny-lm@{recipe_tag(products['lm'])}").is_dir()
+    assert ensure_tiny_backbones(cfg, corpus, recipes=products)["lm"] == "restored"
+
     # one built by hand (no recipe recorded) is used as it is
+    stamp = json.loads((lm_dir / "g4mm_build.json").read_text())
     stamp["recipe"] = None
-    (tmp_path / "backbones" / "tiny-lm" / "g4mm_build.json").write_text(json.dumps(stamp))
+    (lm_dir / "g4mm_build.json").write_text(json.dumps(stamp))
     assert ensure_tiny_backbones(cfg, corpus, recipes=docs)["lm"] == "cached"
 
 
@@ -369,3 +391,50 @@ def test_a_tiny_lm_that_does_not_copy_fails_loudly_and_the_fast_probe_is_greedy_
     assert copied_exactly(model, _copy_ids(tok, copies[400:]), tok.pad_token_id) == pytest.approx(
         greedy
     )
+
+
+_BUILD_IN_A_PROCESS = """
+import json, sys
+from types import SimpleNamespace
+from g4mm.data.corpus import ensure_tiny_backbones
+root, dataset = sys.argv[1], sys.argv[2]
+cfg = SimpleNamespace(data=SimpleNamespace(artifact_dir=root, seed=0, image_size=16),
+                      model=SimpleNamespace(lm="tiny", vision="none"))
+recipe = {"lm": {"dataset": dataset, "source": {}}}
+corpus = ["the red circle sits above the blue square", "a green star with stripes"] * 20
+print(json.dumps(ensure_tiny_backbones(cfg, corpus, pretrain_steps=3, recipes=recipe)))
+"""
+
+
+@pytest.mark.parametrize("datasets", [("docs", "docs", "docs"), ("docs", "products")],
+                         ids=["same-recipe", "two-recipes"])  # fmt: skip
+def test_runs_at_once_in_one_artifact_dir_never_tear_a_tiny_backbone(tmp_path, datasets):
+    """Processes building the tiny LM at once in one data.artifact_dir (before: each renamed
+    its build over the others', "Directory not empty" or a half-replaced directory): one
+    build per recipe, each whole, the same recipe built once."""
+    from g4mm.data.corpus import recipe_tag
+    from g4mm.model.backbones import read_stamp
+
+    procs = [subprocess.Popen([sys.executable, "-c", _BUILD_IN_A_PROCESS, str(tmp_path), d],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for d in datasets]  # fmt: skip
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1])["lm"])
+    backbones = tmp_path / "backbones"
+    if len(set(datasets)) == 1:
+        assert sorted(results) == ["built", "cached", "cached"]
+        assert not list(backbones.glob("tiny-lm@*"))
+    else:
+        assert sorted(results) == ["built", "built"]
+        active = read_stamp(backbones / "tiny-lm")["recipe"]["dataset"]
+        other = next(d for d in datasets if d != active)
+        aside = backbones / f"tiny-lm@{recipe_tag({'dataset': other, 'source': {}})}"
+        assert read_stamp(aside)["recipe"]["dataset"] == other
+    for directory in backbones.glob("tiny-lm*"):
+        if directory.is_dir():
+            AutoTokenizer.from_pretrained(directory)
+            OPTForCausalLM.from_pretrained(directory)  # whole: loads
+    assert not list(backbones.glob(".tiny-lm.build-*"))  # no leftovers

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+import torch
 from PIL import Image
 
 from g4mm.config import load_config
@@ -276,6 +277,12 @@ def test_a_tiny_lm_built_for_other_data_is_stale_and_keys_nothing(artifact_dir, 
     assert stale_tiny_backbones(products) == ["lm"] and cache_key(products) is None
     other_pages = load_config("smoke", [f"data.artifact_dir={art}", "data.num_pages=99"])
     assert stale_tiny_backbones(other_pages) == ["lm"]
+    # a run whose tiny LM was switched to another recipe's build after it preprocessed (two
+    # runs of different data at once in one artifact dir) stops before loading it
+    from g4mm.train.components import build_components
+
+    with pytest.raises(RuntimeError, match=r"tiny lm in .* is now built from another recipe"):
+        build_components(other_pages, str(tmp_path / "prep-of-99-pages"), torch.device("cpu"))
 
 
 def test_the_tiny_lm_corpus_holds_train_samples_only(ray_local):
@@ -458,3 +465,30 @@ def test_inspect_shows_what_the_lm_reads_for_each_variant(docs_run):
     proc = subprocess.run([sys.executable, "jobs/inspect.py", "--help"], capture_output=True,
                           text=True, cwd=ROOT)  # fmt: skip
     assert proc.returncode == 0 and "--prep" in proc.stdout
+
+
+def test_a_truncated_tfrecord_keeps_its_first_records_and_says_so(tmp_path, capsys):
+    """The cut file's records before the cut become samples; the console names the file and
+    the byte offset of the break (before: only a count in report.json was thought to remain)."""
+    from g4mm.config import DataConfig
+    from g4mm.data.synthetic import write_synthetic_docs
+    from g4mm.pipeline.sources import wikiweb2m_items_to_table
+
+    raw = tmp_path / "raw"
+    write_synthetic_docs(raw, num_pages=8, image_size=16, seed=3, shards=1)
+    shard = next(raw.glob("*.tfrecord.gz"))
+    whole = wikiweb2m_items_to_table(
+        pa.table({"path": [str(shard)], "name": [shard.name], "stripe": [0], "num_stripes": [1]}),
+        DataConfig(dataset="wikiweb2m", input=str(raw), images=str(raw / "images")),
+    ).num_rows
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) * 2 // 3])
+    capsys.readouterr()
+    cut = wikiweb2m_items_to_table(
+        pa.table({"path": [str(shard)], "name": [shard.name], "stripe": [0], "num_stripes": [1]}),
+        DataConfig(dataset="wikiweb2m", input=str(raw), images=str(raw / "images")),
+    )
+    assert 0 < cut.num_rows < whole
+    out = capsys.readouterr().out
+    assert f"[preprocess] WARNING {shard}" in out and "byte offset" in out
+    assert f"(rest of {shard} skipped)" in out

@@ -79,6 +79,32 @@ def test_check_image_ok_missing_corrupt(tmp_path):
     assert check_image(tmp_path / "text.jpg") == "corrupt"
 
 
+def test_zero_byte_and_text_files_named_png_are_corrupt(tmp_path):
+    (tmp_path / "zero.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("<html>not a picture</html>")
+    assert check_image(tmp_path / "zero.png") == check_image(tmp_path / "text.png") == "corrupt"
+
+
+def test_a_decompression_bomb_is_corrupt_and_never_decoded(tmp_path):
+    """A 10,000 x 10,000 PNG (~100 KB on disk, 100 MB as pixels; PIL only warns) is refused
+    from its header; a photo under the limit is decoded at a reduced scale for the encoder."""
+    import warnings
+
+    bomb = tmp_path / "bomb.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Image.new("L", (10_000, 10_000)).save(bomb, optimize=True)
+    assert bomb.stat().st_size < 1_000_000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no DecompressionBombWarning on the way
+        assert check_image(bomb) == "corrupt"
+        with pytest.raises(OSError, match=r"10000 x 10000 pixels, over the limit"):
+            load_image(bomb)
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (3000, 2000), (200, 10, 10)).save(photo)
+    assert load_image(photo, max_side=1024).size == (1024, 683)
+
+
 def test_truncated_jpeg_still_opens_lazily(tmp_path):
     """The truncation is only visible on load(): a check with open() alone would pass it."""
     path = write_truncated_jpeg(tmp_path / "t.jpg")
@@ -518,8 +544,8 @@ def pq_dir(tmp_path):
 
 def test_parquet_graph(pq_dir, caplog):
     stats = ReadStats()
-    with caplog.at_level(logging.WARNING):
-        src = read_parquet_graph(pq_dir, stats)
+    with caplog.at_level(logging.WARNING):  # n1's image lies elsewhere: allowed explicitly
+        src = read_parquet_graph(pq_dir, stats, allow_outside_images=True)
     g = src.graph
     assert (stats.images_ok, stats.images_missing, stats.images_corrupt) == (2, 1, 1)
     # n2's image is corrupt: its image-image edge is dropped, counted; n2 keeps no image.

@@ -260,20 +260,71 @@ def pretrain_vision(
     return correct
 
 
-def _atomic_save(target: Path, save, recipe: dict | None = None) -> None:
-    """Save into a temporary sibling directory, then rename: readers never see half a model."""
+@contextlib.contextmanager
+def backbone_lock(directory: Path) -> Iterator[None]:
+    """One process at a time builds, swaps or removes the backbone at ``directory`` (two runs,
+    or a run's driver and its workers, sharing a ``data.artifact_dir``): an exclusive
+    ``flock`` on ``.<name>.lock`` beside it; the others wait, then find it current."""
+    import fcntl
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f".{directory.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def recipe_tag(recipe: Mapping[str, Any] | None) -> str:
+    """12 hex characters naming a recipe (the stash directory ``<dir>@<tag>`` of its build)."""
+    import hashlib
+
+    text = json.dumps(None if recipe is None else plain_recipe(dict(recipe)), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _stash(directory: Path, recipe: Mapping[str, Any] | None) -> Path:
+    return directory.with_name(f"{directory.name}@{recipe_tag(recipe)}")
+
+
+def _put_aside(directory: Path) -> None:
+    """Move the build in ``directory`` to the stash of its own recipe (kept for a later run
+    of that recipe); a stash of the same recipe already there is replaced."""
+    if not directory.exists():
+        return
+    stamp = read_stamp(directory) or {}
+    aside = _stash(directory, stamp.get("recipe"))
+    if aside.exists():
+        shutil.rmtree(aside)
+    directory.rename(aside)
+
+
+def _atomic_save(target: Path, save) -> None:
+    """Save into a temporary sibling directory, then rename: readers never see half a model.
+    The caller holds :func:`backbone_lock`; a build already in ``target`` is put aside."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.build-", dir=target.parent))
     try:
         save(tmp)
-        if _is_current_build(target, recipe):  # someone else finished first
-            return
-        if target.exists():
-            shutil.rmtree(target)
+        _put_aside(target)
         tmp.rename(target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _stashed(directory: Path, recipe: Mapping[str, Any] | None) -> bool:
+    """Whether a current build of ``recipe`` waits aside (``<dir>@<tag>``)."""
+    return recipe is not None and _is_current_build(_stash(directory, recipe), dict(recipe))
+
+
+def _restore_stashed(directory: Path, recipe: Mapping[str, Any] | None) -> bool:
+    """Swap the stashed build of ``recipe`` into ``directory`` (the one there put aside);
+    False when there is none current."""
+    stash = _stash(directory, recipe)
+    if recipe is None or not _is_current_build(stash, dict(recipe)):
+        return False
+    _put_aside(directory)
+    stash.rename(directory)
+    return True
 
 
 def _is_current_build(directory: Path, recipe: dict | None = None) -> bool:
@@ -291,15 +342,36 @@ def _stamp(path: Path, recipe: dict | None, **info: Any) -> None:
     (path / BUILD_STAMP).write_text(json.dumps({**stamp, **info}, indent=1))
 
 
-def _rebuild_note(kind: str, directory: Path, recipe: dict | None) -> None:
-    """Log why an existing tiny backbone is replaced: built for other data."""
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def recipe_differences(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> str:
+    """What differs between two recipes, e.g. ``source.num_pages 24 -> 800`` (at most 4)."""
+    a, b = _flat(plain_recipe(dict(old or {}))), _flat(plain_recipe(dict(new or {})))
+    diffs = [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+             if a.get(k) != b.get(k)]  # fmt: skip
+    more = f" (+{len(diffs) - 4} more)" if len(diffs) > 4 else ""
+    return "; ".join(diffs[:4]) + more
+
+
+def _switch_note(kind: str, directory: Path, recipe: dict | None, restored: bool) -> None:
+    """Log that the tiny backbone in ``directory`` is switched to another recipe, naming what
+    differs; the one replaced is kept aside for its own recipe."""
     old = (read_stamp(directory) or {}).get("recipe")
-    if recipe is not None and old is not None and old != plain_recipe(recipe):
-        log.warning(
-            "the tiny %s in %s was built for other data (%s); rebuilding it for %s. Give each "
-            "dataset its own data.artifact_dir to keep both.",
-            kind, directory, old.get("dataset", "?"), recipe.get("dataset", "?"),
-        )  # fmt: skip
+    if recipe is None or old is None or old == plain_recipe(recipe):
+        return
+    what = "restoring the build kept for it" if restored else "building it"
+    log.warning(
+        "the tiny %s in %s was built from another recipe (%s); %s, and keeping the other "
+        "as %s", kind, directory, recipe_differences(old, recipe), what,
+        _stash(directory, old).name,
+    )  # fmt: skip
 
 
 def _pack(tokenizer: Any, texts: Iterable[str]) -> list[int]:
@@ -405,8 +477,14 @@ def ensure_tiny_backbones(
     stamp; :func:`g4mm.pipeline.cache.tiny_recipes`), e.g. a tiny LM trained on another
     dataset's corpus in a shared ``data.artifact_dir`` (logged).
 
-    Returns ``{"lm": status, "vision": status}`` with status ``built``, ``cached`` or
-    ``not tiny``. ``cfg`` is an ``ExperimentConfig``.
+    Builds of other recipes are kept side by side (``tiny-lm@<tag>``, :func:`recipe_tag`):
+    switching configs that share a ``data.artifact_dir`` swaps the right build back in (two
+    renames) instead of training it again, and logs what differs. Building and swapping
+    happen under :func:`backbone_lock`.
+
+    Returns ``{"lm": status, "vision": status}`` with status ``built``, ``cached``,
+    ``restored`` (a build kept aside for this recipe) or ``not tiny``. ``cfg``: an
+    ``ExperimentConfig``.
     """
     from g4mm.console import quiet_transformers_bars
 
@@ -416,47 +494,59 @@ def ensure_tiny_backbones(
     status = {"lm": "not tiny", "vision": "not tiny"}
     if cfg.model.lm == "tiny":
         lm_dir = root / BACKBONES[("lm", "tiny")].local_subdir
-        if _is_current_build(lm_dir, recipes.get("lm")):
-            status["lm"] = "cached"
-        else:
-            _rebuild_note("LM", lm_dir, recipes.get("lm"))
-            start = time.perf_counter()
-            model, tokenizer, info = build_tiny_lm(
-                corpus, copy_docs, steps=pretrain_steps, seed=cfg.data.seed
-            )
+        recipe = recipes.get("lm")
+        with backbone_lock(lm_dir):
+            if _is_current_build(lm_dir, recipe):
+                status["lm"] = "cached"
+            elif _stashed(lm_dir, recipe):
+                _switch_note("LM", lm_dir, recipe, restored=True)
+                _restore_stashed(lm_dir, recipe)
+                status["lm"] = "restored"
+            else:
+                _switch_note("LM", lm_dir, recipe, restored=False)
+                start = time.perf_counter()
+                model, tokenizer, info = build_tiny_lm(
+                    corpus, copy_docs, steps=pretrain_steps, seed=cfg.data.seed
+                )
 
-            def save_lm(path: Path) -> None:
-                model.save_pretrained(path)
-                tokenizer.save_pretrained(path)
-                _stamp(path, recipes.get("lm"), **info)
+                def save_lm(path: Path) -> None:
+                    model.save_pretrained(path)
+                    tokenizer.save_pretrained(path)
+                    _stamp(path, recipe, **info)
 
-            _atomic_save(lm_dir, save_lm, recipes.get("lm"))
-            log.info(
-                "built tiny LM in %.1fs: loss %.2f, held-out copy accuracy %s",
-                time.perf_counter() - start, info["loss"], info["held_out_copy_accuracy"],
-            )  # fmt: skip
-            status["lm"] = "built"
+                _atomic_save(lm_dir, save_lm)
+                log.info(
+                    "built tiny LM in %.1fs: loss %.2f, held-out copy accuracy %s",
+                    time.perf_counter() - start, info["loss"], info["held_out_copy_accuracy"],
+                )  # fmt: skip
+                status["lm"] = "built"
     if cfg.model.vision == "tiny":
         vision_dir = root / BACKBONES[("vision", "tiny")].local_subdir
-        if _is_current_build(vision_dir, recipes.get("vision")):
-            status["vision"] = "cached"
-        else:
-            _rebuild_note("vision encoder", vision_dir, recipes.get("vision"))
-            size = image_size or cfg.data.image_size
-            start = time.perf_counter()
-            with torch_threads(BUILD_THREADS):
-                torch.manual_seed(cfg.data.seed)
-                vision, processor = tiny_clip_vision(size)
-                accuracy = pretrain_vision(vision, processor, size, steps=vision_steps,
-                                           seed=cfg.data.seed)  # fmt: skip
-            log.info("built tiny vision encoder in %.1fs: train accuracy %s",
-                     time.perf_counter() - start, accuracy)  # fmt: skip
+        recipe = recipes.get("vision")
+        with backbone_lock(vision_dir):
+            if _is_current_build(vision_dir, recipe):
+                status["vision"] = "cached"
+            elif _stashed(vision_dir, recipe):
+                _switch_note("vision encoder", vision_dir, recipe, restored=True)
+                _restore_stashed(vision_dir, recipe)
+                status["vision"] = "restored"
+            else:
+                _switch_note("vision encoder", vision_dir, recipe, restored=False)
+                size = image_size or cfg.data.image_size
+                start = time.perf_counter()
+                with torch_threads(BUILD_THREADS):
+                    torch.manual_seed(cfg.data.seed)
+                    vision, processor = tiny_clip_vision(size)
+                    accuracy = pretrain_vision(vision, processor, size, steps=vision_steps,
+                                               seed=cfg.data.seed)  # fmt: skip
+                log.info("built tiny vision encoder in %.1fs: train accuracy %s",
+                         time.perf_counter() - start, accuracy)  # fmt: skip
 
-            def save_vision(path: Path) -> None:
-                vision.save_pretrained(path)
-                processor.save_pretrained(path)
-                _stamp(path, recipes.get("vision"), steps=vision_steps, train_accuracy=accuracy)
+                def save_vision(path: Path) -> None:
+                    vision.save_pretrained(path)
+                    processor.save_pretrained(path)
+                    _stamp(path, recipe, steps=vision_steps, train_accuracy=accuracy)
 
-            _atomic_save(vision_dir, save_vision, recipes.get("vision"))
-            status["vision"] = "built"
+                _atomic_save(vision_dir, save_vision)
+                status["vision"] = "built"
     return status

@@ -8,14 +8,20 @@ absent from the manifest, through the URL's file name inside ``images_dir``.
 :func:`check_image` fully decodes the file (``PIL.Image.open`` + ``load``), so a truncated JPEG
 is ``"corrupt"``. This module never sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``; if some other
 code sets it globally, truncated files may pass as ``"ok"``.
+
+Decompression bombs: an image whose header declares more than :data:`MAX_IMAGE_PIXELS` pixels is
+``"corrupt"`` without being decoded (a 12 KB PNG can declare 10,000 x 10,000 pixels, 300 MB
+decoded; PIL itself only warns below 179 M pixels), and :func:`load_image` refuses it too.
 """
 
 from __future__ import annotations
 
 import csv
 import functools
+import logging
 import os
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -24,16 +30,37 @@ from PIL import Image
 
 __all__ = [
     "MANIFEST_NAME",
+    "MAX_IMAGE_PIXELS",
     "check_image",
     "check_images",
+    "is_inside",
     "is_url",
     "load_image",
     "load_manifest",
     "resolve_image",
 ]
 
+log = logging.getLogger(__name__)
+
 #: File name of the URL -> path manifest inside an images directory.
 MANIFEST_NAME = "manifest.csv"
+#: Largest image (width x height) decoded: 40 M pixels, e.g. 8,000 x 5,000 (120 MB as RGB).
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+def _open(path: str | os.PathLike[str]) -> Image.Image:
+    """``Image.open`` (reads the header only) without PIL's DecompressionBombWarning: the size
+    is checked by :func:`_refuse_huge` before anything is decoded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
+def _refuse_huge(image: Image.Image, path: str | os.PathLike[str]) -> None:
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise OSError(f"{path}: {width} x {height} pixels, over the limit of "
+                      f"{MAX_IMAGE_PIXELS:,} (a decompression bomb?): not decoded")  # fmt: skip
 
 
 def is_url(ref: str) -> bool:
@@ -118,48 +145,84 @@ def resolve_image(
     return path.resolve()
 
 
-def check_image(path: str | os.PathLike[str]) -> str:
+def is_inside(path: str | os.PathLike[str], roots: Sequence[str | os.PathLike[str]]) -> bool:
+    """Whether ``path``, symlinks and ``..`` resolved, lies under one of ``roots`` (resolved)."""
+    real = Path(os.path.realpath(path))
+    return any(real.is_relative_to(os.path.realpath(root)) for root in roots)
+
+
+def check_image(
+    path: str | os.PathLike[str], inside: Sequence[str | os.PathLike[str]] | None = None
+) -> str:
     """``"ok"`` when the file decodes fully, ``"missing"`` when there is no such file,
-    ``"corrupt"`` when PIL cannot open or fully load it (e.g. truncated)."""
+    ``"corrupt"`` when PIL cannot open or fully load it (e.g. truncated), or its header declares
+    more than :data:`MAX_IMAGE_PIXELS` pixels (then it is not decoded).
+
+    ``inside``: the directories images may come from; a path that resolves elsewhere (an
+    absolute path, ``../..``, a symlink out) is ``"corrupt"`` without being opened, and logged
+    (its path only: none of its bytes are read)."""
     path = Path(path)
+    if inside is not None and not is_inside(path, inside):
+        log.warning("image %s resolves outside %s: not opened, counted corrupt (set "
+                    "data.allow_outside_images: true to read images from elsewhere)",
+                    path, ", ".join(map(str, inside)))  # fmt: skip
+        return "corrupt"
     if not path.is_file():
         return "missing"
     try:
-        with Image.open(path) as image:
+        with _open(path) as image:
+            _refuse_huge(image, path)
             image.load()
     except Exception:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
         return "corrupt"
     return "ok"
 
 
-def check_images(paths: Iterable[str | os.PathLike[str]], workers: int = 8) -> list[str]:
+def check_images(
+    paths: Iterable[str | os.PathLike[str]],
+    workers: int = 8,
+    inside: Sequence[str | os.PathLike[str]] | None = None,
+) -> list[str]:
     """:func:`check_image` over many files with a thread pool (PIL decoding releases the GIL);
     results in input order."""
     paths = [Path(p) for p in paths]
     statuses = ["missing"] * len(paths)
-    present = [i for i, p in enumerate(paths) if p.is_file()]  # cheap; decode only these
+    present = [i for i, p in enumerate(paths)  # cheap; decode only these
+               if p.is_file() or (inside is not None and not is_inside(p, inside))]  # fmt: skip
+    check = functools.partial(check_image, inside=inside)
     if workers <= 1 or len(present) < 2:
-        results = [check_image(paths[i]) for i in present]
+        results = [check(paths[i]) for i in present]
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(check_image, (paths[i] for i in present)))
+            results = list(pool.map(check, (paths[i] for i in present)))
     for i, status in zip(present, results, strict=True):
         statuses[i] = status
     return statuses
 
 
 def load_image(
-    path: str | os.PathLike[str], size: int | tuple[int, int] | None = None
+    path: str | os.PathLike[str],
+    size: int | tuple[int, int] | None = None,
+    max_side: int | None = None,
 ) -> Image.Image:
-    """The image at ``path`` as RGB, resized (bicubic) to ``size`` (``int`` -> square) if given.
+    """The image at ``path`` as RGB, resized (bicubic) to ``size`` (``int`` -> square) if given,
+    else shrunk (aspect kept) so neither side exceeds ``max_side`` if given; a JPEG is then
+    decoded at a reduced scale already (``Image.draft``), so a large photo never sits in memory
+    at full size (an encoder's processor resizes to ~224 px anyway).
 
     Raises:
         FileNotFoundError: no such file.
-        OSError: the file does not decode (PIL's error, e.g. truncated).
+        OSError: the file does not decode (PIL's error, e.g. truncated), or declares more than
+            :data:`MAX_IMAGE_PIXELS` pixels.
     """
-    with Image.open(path) as image:
+    with _open(path) as image:
+        _refuse_huge(image, path)
+        if max_side is not None and size is None:
+            image.draft("RGB", (max_side, max_side))
         image.load()
         rgb = image.convert("RGB")
+    if max_side is not None and size is None and max(rgb.size) > max_side:
+        rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     if size is not None:
         target = (size, size) if isinstance(size, int) else tuple(size)
         if rgb.size != target:

@@ -272,7 +272,8 @@ def read_mmgraph(
     texts = _read_texts(text_file, index, num_nodes, stats)
     image_dir = (root / "images").resolve()
     image_paths = [image_dir / f"{asin}.jpg" for asin in node_ids]
-    statuses = check_images(image_paths, workers=image_workers)
+    # an asin such as "../../x" must not reach outside images/
+    statuses = check_images(image_paths, workers=image_workers, inside=[image_dir])
     images: list[str | None] = []
     for path, status in zip(image_paths, statuses, strict=True):
         stats.count_image(status)

@@ -4,7 +4,8 @@ Directory layout:
 
 - ``nodes.parquet``: ``id`` (string, or integer: ids are compared as strings, so integer ids
   match their edge endpoints), ``text`` (string, nullable), ``split`` (string, nullable) are
-  required; ``image_path`` (string, nullable; relative to the dataset directory or absolute),
+  required; ``image_path`` (string, nullable; relative to the dataset directory; one resolving
+  outside it only with ``data.allow_outside_images``),
   ``label`` (int64, nullable), ``target_text`` (string, nullable; blank = a skipped target)
   and ``prompt`` (string, nullable) are optional (all-null when absent);
 - ``edges.parquet``: ``src``, ``dst`` (node ids, compared as strings), ``type`` (``"text-text"``,
@@ -22,6 +23,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from g4mm.data.images import check_images, resolve_image
@@ -46,6 +48,40 @@ _EDGE_TYPES = {
 }
 
 
+def _is_id(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+#: what each column may hold (an all-null column, Arrow type ``null``, fits every one)
+_COLUMN_TYPES: dict[str, tuple[str, Any]] = {
+    "id": ("string or integer", _is_id),
+    "src": ("string or integer", _is_id),
+    "dst": ("string or integer", _is_id),
+    "label": ("integer", pa.types.is_integer),
+    **dict.fromkeys(("text", "split", "image_path", "target_text", "prompt", "type"),
+                    ("string", _is_text)),
+}
+
+
+def _check_types(path: Path, schema: pa.Schema, columns: tuple[str, ...]) -> None:
+    """Raise ValueError naming every column of ``columns`` whose Arrow type is not allowed
+    (e.g. ``label`` stored as strings, or as floats that would silently round)."""
+    wrong = []
+    for c in columns:
+        if c not in schema.names or c not in _COLUMN_TYPES:
+            continue
+        found = schema.field(c).type
+        expected, fits = _COLUMN_TYPES[c]
+        if not pa.types.is_null(found) and not fits(found):
+            wrong.append(f"column {c!r} is {found}, expected {expected}")
+    if wrong:
+        raise ValueError(f"{path}: {'; '.join(wrong)}")
+
+
 def _read_columns(
     path: Path, required: tuple[str, ...], optional: tuple[str, ...] = ()
 ) -> dict[str, list[Any]]:
@@ -57,6 +93,7 @@ def _read_columns(
             raise ValueError(
                 f"{path}: missing column {column!r} (has {', '.join(table.column_names)})"
             )
+    _check_types(path, table.schema, (*required, *optional))
     n = table.num_rows
     return {
         c: table.column(c).to_pylist() if c in table.column_names else [None] * n
@@ -78,7 +115,11 @@ def _blank(value: str | None) -> bool:
 
 
 def read_parquet_graph(
-    root: str | os.PathLike[str], stats: ReadStats, *, image_workers: int = 8
+    root: str | os.PathLike[str],
+    stats: ReadStats,
+    *,
+    image_workers: int = 8,
+    allow_outside_images: bool = False,
 ) -> SourceGraph:
     """Read ``nodes.parquet`` + ``edges.parquet`` in ``root`` into one :class:`SourceGraph`.
 
@@ -93,10 +134,13 @@ def read_parquet_graph(
     label), ``"empty_target"`` (a blank or whitespace-only target_text, warned; the same reason
     as WikiWeb2M's blank summaries), ``"zero_shot_heldout_train"`` (train targets of a
     zero-shot class). Node ids and edge endpoints are compared as strings (integer ids work).
+    An ``image_path`` resolving outside ``root`` (absolute, ``..``, a symlink out) is a
+    counted corrupt image, never opened, unless ``allow_outside_images``.
 
     Raises:
         FileNotFoundError: a parquet file is missing.
-        ValueError: a missing column (named); a duplicate or null node id; an edge to an
+        ValueError: a missing column (named), or one of the wrong type (named, with the type
+            found and the one expected); a duplicate or null node id; an edge to an
             unknown node id or of an unknown type, or a TEXT_TEXT / IMAGE_IMAGE edge whose
             endpoint has no text / image reference (naming the file, row and id); a label
             outside the class names.
@@ -123,7 +167,9 @@ def read_parquet_graph(
     ref_rows = [r for r, ref in enumerate(refs) if not _blank(ref)]
     paths = [resolve_image(str(refs[r]), root) for r in ref_rows]
     images: list[str | None] = [None] * len(ids)
-    for r, path, status in zip(ref_rows, paths, check_images(paths, image_workers), strict=True):
+    inside = None if allow_outside_images else [root]
+    statuses = check_images(paths, image_workers, inside=inside)
+    for r, path, status in zip(ref_rows, paths, statuses, strict=True):
         stats.count_image(status)
         if status == "ok":
             images[r] = str(path)

@@ -152,6 +152,7 @@ def read_wikiweb2m_record(
     stats: ReadStats,
     *,
     image_cache: dict[Path, str] | None = None,
+    allow_outside_images: bool = False,
 ) -> SourceGraph | None:
     """One serialized WikiWeb2M ``SequenceExample`` -> a :class:`SourceGraph`, or ``None``.
 
@@ -174,6 +175,8 @@ def read_wikiweb2m_record(
         images_dir: directory of the downloaded images, or ``None``.
         manifest: URL -> path map (:func:`~g4mm.data.images.load_manifest`), or ``None``.
         stats: counters to update.
+        allow_outside_images: read images the manifest places outside ``images_dir``; off:
+            such a reference is a counted corrupt image, never opened.
         image_cache: optional path -> check outcome memo shared across records (each reference
             is still counted).
     """
@@ -217,6 +220,7 @@ def read_wikiweb2m_record(
     edges: list[Edge] = []
     targets: list[TargetSpec] = []
     cache = image_cache if image_cache is not None else {}
+    inside = None if allow_outside_images or images_dir is None else [images_dir]
     for i in range(page.n):
         s_title = page.text("section_title", i)
         first = page.text("section_clean_1st_sentence", i)
@@ -236,7 +240,7 @@ def read_wikiweb2m_record(
             if not url:
                 continue
             path = resolve_image(url, images_dir, manifest) if images_dir is not None else None
-            status = "missing" if path is None else cache.get(path) or check_image(path)
+            status = "missing" if path is None else cache.get(path) or check_image(path, inside)
             if path is not None:
                 cache[path] = status
             stats.count_image(status)
@@ -301,6 +305,7 @@ def iter_wikiweb2m(
     path: str | os.PathLike[str],
     images_dir: str | os.PathLike[str] | None,
     stats: ReadStats,
+    allow_outside_images: bool = False,
 ) -> Iterator[SourceGraph]:
     """The :class:`SourceGraph` of every page of a (gzipped) WikiWeb2M TFRecord file.
 
@@ -317,7 +322,8 @@ def iter_wikiweb2m(
     cache: dict[Path, str] = {}
     for index, data in enumerate(iter_tfrecords(path)):
         src = read_wikiweb2m_record(
-            data, f"{name}:{index}", images_dir, manifest, stats, image_cache=cache
+            data, f"{name}:{index}", images_dir, manifest, stats, image_cache=cache,
+            allow_outside_images=allow_outside_images,
         )
         if src is not None:
             yield src

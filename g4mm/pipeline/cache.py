@@ -113,7 +113,8 @@ def _images_outside(d: Any) -> list[tuple[str, int, int] | tuple[str, str]]:
         nodes = input_dir / "nodes.parquet"
         if "image_path" in pq.read_schema(nodes).names:
             column = pq.read_table(nodes, columns=["image_path"]).column("image_path")
-            refs = [input_dir / p for p in column.to_pylist() if p and str(p).strip()]
+            # any type here: the reader names a column of the wrong type afterwards
+            refs = [input_dir / str(p) for p in column.to_pylist() if p and str(p).strip()]
     elif d.dataset == "wikiweb2m":
         from g4mm.data.images import load_manifest  # PIL, no torch
 

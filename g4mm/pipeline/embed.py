@@ -75,15 +75,15 @@ class TextEmbedder:
         return features_table(keys, feats.float().cpu().numpy())
 
 
-def _open_image(path: str):
-    try:
-        from g4mm.data.images import load_image
-    except ImportError:  # pragma: no cover - readers module not there yet
-        from PIL import Image
+#: images are shrunk to this longest side before the encoder's processor (which resizes to its
+#: own ~224 px): 64 full-size photos per batch would otherwise sit in an embed actor's memory
+EMBED_MAX_SIDE = 1024
 
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    return load_image(path)
+
+def _open_image(path: str):
+    from g4mm.data.images import load_image
+
+    return load_image(path, max_side=EMBED_MAX_SIDE)
 
 
 class ImageEmbedder:

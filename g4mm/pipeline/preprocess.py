@@ -448,6 +448,13 @@ def run_preprocess(
         if info.get("classes") is not None:
             (tmp / CLASSES).write_text(json.dumps(info["classes"], indent=2) + "\n")
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+        if cache_key(cfg) != key:  # an encoder changed under the embedding: never mislabel
+            raise RuntimeError(
+                f"the encoders in {cfg.data.artifact_dir}/backbones changed while this run "
+                "embedded its features (a run of other data sharing this data.artifact_dir "
+                "switched a tiny backbone): nothing was cached; rerun, or give concurrent runs "
+                "of different data their own data.artifact_dir"
+            )
         if not commit_dir(tmp, final):
             return _cache_hit(final, start)
         progress("commit", f"{final}")

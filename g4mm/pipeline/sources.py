@@ -204,8 +204,10 @@ def wikiweb2m_items_to_table(batch: pa.Table, data_cfg: DataConfig) -> pa.Table:
                     continue
                 try:  # per-record data problems are counted skips inside the reader
                     src = read_wikiweb2m_record(
-                        record, f"{name}:{i}", images_dir, manifest, stats, image_cache=image_cache
-                    )
+                        record, f"{name}:{i}", images_dir, manifest, stats,
+                        image_cache=image_cache,
+                        allow_outside_images=data_cfg.allow_outside_images,
+                    )  # fmt: skip
                     if src is None:
                         continue
                     part, info = build_rows(src, data_cfg, _read_stats())
@@ -244,7 +246,9 @@ def read_single_graph(cfg: ExperimentConfig) -> tuple[SourceGraph, dict, int, di
     if cfg.data.dataset == "parquet":
         from g4mm.data.parquet_source import read_parquet_graph
 
-        src = read_parquet_graph(cfg.data.input, stats)
+        src = read_parquet_graph(
+            cfg.data.input, stats, allow_outside_images=cfg.data.allow_outside_images
+        )
     else:
         from g4mm.data.mmgraph import read_mmgraph
 

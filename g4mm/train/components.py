@@ -106,7 +106,24 @@ def collate_counter(
 
 
 def build_components(cfg: Any, prep_dir: str, device: torch.device) -> Components:
-    """Frozen backbones + adapter (seeded by ``cfg.train.seed``), collator over cached features."""
+    """Frozen backbones + adapter (seeded by ``cfg.train.seed``), collator over cached features.
+
+    Raises:
+        RuntimeError: a tiny backbone in ``data.artifact_dir`` is now another recipe's build
+            (a run of other data sharing the directory swapped it in after this run's
+            preprocessing): the features were computed with the other one.
+    """
+    if "tiny" in (cfg.model.lm, cfg.model.vision, cfg.model.text_encoder):
+        from g4mm.pipeline.cache import stale_tiny_backbones
+
+        stale = stale_tiny_backbones(cfg)
+        if stale:
+            raise RuntimeError(
+                f"the tiny {' and '.join(stale)} in {cfg.data.artifact_dir}/backbones is now "
+                "built from another recipe: a run of other data sharing this data.artifact_dir "
+                "switched it after this run preprocessed. Rerun (it switches back), or give "
+                "concurrent runs of different data their own data.artifact_dir."
+            )
     torch.manual_seed(cfg.train.seed)
     model = Graph4MM.from_config(cfg.model, artifact_dir=cfg.data.artifact_dir).to(device)
     model.cast_frozen(frozen_dtype_for(device, cfg.train.precision, cfg.train.frozen_dtype))
