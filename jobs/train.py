@@ -123,6 +123,11 @@ def _run(args, cfg, run_dir: Path, ray_run_name: str | None, in_process: bool, s
     from g4mm.train.selection import score_key
 
     init_ray(args.num_cpus)
+    if tracked is not None and tracked.uri.startswith("sqlite:") and _nodes() > 1:
+        print("warning: runs are tracked in a SQLite file, but this cluster has several nodes: "
+              "rank 0 may run on another one and write a copy of its own there. Run an MLflow "
+              "server and --set train.tracking_uri=http://HEAD:5000 (docs/training.md)",
+              file=sys.stderr)  # fmt: skip
     prep_root = args.prep_root or str(Path(cfg.data.artifact_dir) / "prep")
     try:
         prep = run_preprocess(cfg, prep_root, num_cpus=args.num_cpus)
@@ -166,6 +171,12 @@ def _run(args, cfg, run_dir: Path, ray_run_name: str | None, in_process: bool, s
     if cfg.train.storage_path:
         print(f"run directory copied to {copy_run_dir(run_dir, cfg.train.storage_path)}")
     return 0
+
+
+def _nodes() -> int:
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 
 def _evaluate_remote(cfg, prep_dir, state):

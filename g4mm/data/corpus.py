@@ -374,6 +374,24 @@ def _switch_note(kind: str, directory: Path, recipe: dict | None, restored: bool
     )  # fmt: skip
 
 
+def _ensure_built(
+    kind: str, directory: Path, recipe: dict | None, build: Callable[[], Callable[[Path], None]]
+) -> str:
+    """``cached`` (current there), ``restored`` (this recipe's build swapped back in) or
+    ``built`` (``build()`` trains and returns the function that saves it), under
+    :func:`backbone_lock`."""
+    with backbone_lock(directory):
+        if _is_current_build(directory, recipe):
+            return "cached"
+        restored = _stashed(directory, recipe)
+        _switch_note(kind, directory, recipe, restored=restored)
+        if restored:
+            _restore_stashed(directory, recipe)
+            return "restored"
+        _atomic_save(directory, build())
+        return "built"
+
+
 def _pack(tokenizer: Any, texts: Iterable[str]) -> list[int]:
     """``<s> text </s>`` for every text, concatenated."""
     eos = tokenizer.eos_token_id
@@ -493,60 +511,48 @@ def ensure_tiny_backbones(
     recipes = recipes or {}
     status = {"lm": "not tiny", "vision": "not tiny"}
     if cfg.model.lm == "tiny":
+
+        def build_lm() -> Callable[[Path], None]:
+            start = time.perf_counter()
+            model, tokenizer, info = build_tiny_lm(
+                corpus, copy_docs, steps=pretrain_steps, seed=cfg.data.seed
+            )
+            log.info(
+                "built tiny LM in %.1fs: loss %.2f, held-out copy accuracy %s",
+                time.perf_counter() - start, info["loss"], info["held_out_copy_accuracy"],
+            )  # fmt: skip
+
+            def save(path: Path) -> None:
+                model.save_pretrained(path)
+                tokenizer.save_pretrained(path)
+                _stamp(path, recipes.get("lm"), **info)
+
+            return save
+
         lm_dir = root / BACKBONES[("lm", "tiny")].local_subdir
-        recipe = recipes.get("lm")
-        with backbone_lock(lm_dir):
-            if _is_current_build(lm_dir, recipe):
-                status["lm"] = "cached"
-            elif _stashed(lm_dir, recipe):
-                _switch_note("LM", lm_dir, recipe, restored=True)
-                _restore_stashed(lm_dir, recipe)
-                status["lm"] = "restored"
-            else:
-                _switch_note("LM", lm_dir, recipe, restored=False)
-                start = time.perf_counter()
-                model, tokenizer, info = build_tiny_lm(
-                    corpus, copy_docs, steps=pretrain_steps, seed=cfg.data.seed
-                )
-
-                def save_lm(path: Path) -> None:
-                    model.save_pretrained(path)
-                    tokenizer.save_pretrained(path)
-                    _stamp(path, recipe, **info)
-
-                _atomic_save(lm_dir, save_lm)
-                log.info(
-                    "built tiny LM in %.1fs: loss %.2f, held-out copy accuracy %s",
-                    time.perf_counter() - start, info["loss"], info["held_out_copy_accuracy"],
-                )  # fmt: skip
-                status["lm"] = "built"
+        status["lm"] = _ensure_built("LM", lm_dir, recipes.get("lm"), build_lm)
     if cfg.model.vision == "tiny":
+
+        def build_vision() -> Callable[[Path], None]:
+            size = image_size or cfg.data.image_size
+            start = time.perf_counter()
+            with torch_threads(BUILD_THREADS):
+                torch.manual_seed(cfg.data.seed)
+                vision, processor = tiny_clip_vision(size)
+                accuracy = pretrain_vision(vision, processor, size, steps=vision_steps,
+                                           seed=cfg.data.seed)  # fmt: skip
+            log.info("built tiny vision encoder in %.1fs: train accuracy %s",
+                     time.perf_counter() - start, accuracy)  # fmt: skip
+
+            def save(path: Path) -> None:
+                vision.save_pretrained(path)
+                processor.save_pretrained(path)
+                _stamp(path, recipes.get("vision"), steps=vision_steps, train_accuracy=accuracy)
+
+            return save
+
         vision_dir = root / BACKBONES[("vision", "tiny")].local_subdir
-        recipe = recipes.get("vision")
-        with backbone_lock(vision_dir):
-            if _is_current_build(vision_dir, recipe):
-                status["vision"] = "cached"
-            elif _stashed(vision_dir, recipe):
-                _switch_note("vision encoder", vision_dir, recipe, restored=True)
-                _restore_stashed(vision_dir, recipe)
-                status["vision"] = "restored"
-            else:
-                _switch_note("vision encoder", vision_dir, recipe, restored=False)
-                size = image_size or cfg.data.image_size
-                start = time.perf_counter()
-                with torch_threads(BUILD_THREADS):
-                    torch.manual_seed(cfg.data.seed)
-                    vision, processor = tiny_clip_vision(size)
-                    accuracy = pretrain_vision(vision, processor, size, steps=vision_steps,
-                                               seed=cfg.data.seed)  # fmt: skip
-                log.info("built tiny vision encoder in %.1fs: train accuracy %s",
-                         time.perf_counter() - start, accuracy)  # fmt: skip
-
-                def save_vision(path: Path) -> None:
-                    vision.save_pretrained(path)
-                    processor.save_pretrained(path)
-                    _stamp(path, recipe, steps=vision_steps, train_accuracy=accuracy)
-
-                _atomic_save(vision_dir, save_vision)
-                status["vision"] = "built"
+        status["vision"] = _ensure_built(
+            "vision encoder", vision_dir, recipes.get("vision"), build_vision
+        )
     return status

@@ -99,26 +99,8 @@ def _quiet_ray_worker_info() -> None:
     Ray libraries log through it before their own logging set-up runs. This process's own
     ``ray`` logger is untouched: ``ray.init`` read its default level when ``ray`` was imported.
     Warnings and errors still reach the console; a cluster that is joined rather than started
-    keeps its own setting. See also :func:`quiet_worker_process`."""
+    keeps its own setting."""
     os.environ.setdefault("RAY_LOGGER_LEVEL", "warning")
-
-
-def quiet_worker_process() -> None:
-    """Ray's ``worker_process_setup_hook`` for clusters started here: runs in every worker
-    process before its first task. Ray Train's torch backend logs "Setting up process group
-    for: env:// [rank=0, world_size=2]" at INFO on rank 0; it reached the console in two CI
-    runs of many (with ``RAY_LOGGER_LEVEL`` at WARNING too). That logger gets a filter holding
-    back INFO: a filter, not a level, because Ray Train's ``dictConfig`` resets the levels of
-    the ``ray.train`` loggers (not their filters). Ray Train's log files lose that one line."""
-    import logging
-
-    logging.getLogger("ray.train.torch.config").addFilter(_warnings_only)
-
-
-def _warnings_only(record: Any) -> bool:
-    import logging
-
-    return record.levelno >= logging.WARNING
 
 
 def _running_local_cluster() -> bool:
@@ -160,15 +142,8 @@ def init_ray(num_cpus: int | None = None, *, progress_bars: bool | None = None) 
 
 
 def _local_start() -> dict[str, Any]:
-    """``ray.init`` arguments of a Ray started here: the dashboard on loopback, and the quiet
-    worker set-up hook unless verbose."""
-    from g4mm.console import verbose
-
-    kwargs: dict[str, Any] = {"dashboard_host": "127.0.0.1"}
-    if not verbose():
-        hook = f"{quiet_worker_process.__module__}.{quiet_worker_process.__name__}"
-        kwargs["runtime_env"] = {"worker_process_setup_hook": hook}
-    return kwargs
+    """``ray.init`` arguments of a Ray started here: the dashboard on loopback."""
+    return {"dashboard_host": "127.0.0.1"}
 
 
 def cluster_cpus() -> int:
