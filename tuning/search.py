@@ -284,6 +284,8 @@ def _print_summary(summary: dict, output: Path) -> None:
         print(f"[sweep] importances: {note}")
     files = [name for name in OUTPUT_FILES if (output / name).exists()]
     print(f"[sweep] wrote {output}: {', '.join(files)}", flush=True)
+    if summary.get("mlflow"):
+        print(f"[sweep] tracked in MLflow (a parent run, a child per trial): {summary['mlflow']}")
 
 
 if __name__ == "__main__":

@@ -41,9 +41,10 @@ __all__ = [
 ]
 
 DONE = "DONE"
-PIPELINE_VERSION = 5  # 2: node order shuffled in the sample builder; 3: sample ids relative to
+PIPELINE_VERSION = 6  # 2: node order shuffled in the sample builder; 3: sample ids relative to
 # the input root, malformed WikiWeb2M records and blank parquet targets skipped; 4: what the raw
-# layout reads (segments, reading order, captions, image owners, lead and cue); 5: classes.json
+# layout reads (segments, reading order, captions, image owners, lead and cue); 5: classes.json;
+# 6: images outside the input refused, over 40 M pixels refused, over 1,024 px shrunk to embed
 #: DataConfig fields that never change the produced shards.
 _NON_CONTENT_FIELDS = frozenset({"num_blocks", "artifact_dir"})
 _SMALL_FILE = 64 * 1024**2  # content-hash files up to this size, else size + mtime
