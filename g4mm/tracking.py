@@ -27,6 +27,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,9 +61,13 @@ def default_tracking_uri(output_dir: str | os.PathLike[str]) -> str:
 
 def tracking_uri(cfg: Any) -> str:
     """The store of ``cfg``'s runs: ``train.tracking_uri``, else MLflow's own
-    ``MLFLOW_TRACKING_URI`` when set, else :func:`default_tracking_uri`."""
-    return (cfg.train.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-            or default_tracking_uri(cfg.train.output_dir))  # fmt: skip
+    ``MLFLOW_TRACKING_URI`` when set, else :func:`default_tracking_uri`. A relative SQLite
+    path (``sqlite:///mlflow.db``) is made absolute: Ray workers run in other directories."""
+    uri = (cfg.train.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+           or default_tracking_uri(cfg.train.output_dir))  # fmt: skip
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
 
 
 def _artifact_root(uri: str) -> str | None:
@@ -144,13 +149,31 @@ def experiment_id(client: Any, name: str, uri: str) -> str:
         return found.experiment_id
 
 
+def _warn_untracked(what: str, err: Exception) -> None:
+    print(f"warning: MLflow tracking failed ({what}: {type(err).__name__}: {err}); the run goes "
+          "on, and its run directory has everything", file=sys.stderr, flush=True)  # fmt: skip
+
+
 @dataclass
 class TrackedRun:
     """An MLflow run to log into, by id: picklable, so Ray Train's rank 0 logs its
-    evaluations into the driver's run (``train_loop_config['tracking']``)."""
+    evaluations into the driver's run (``train_loop_config['tracking']``).
+
+    A failing tracking store never stops training: the public methods warn once and the run
+    goes on untracked (``failed``)."""
 
     uri: str
     run_id: str
+    failed: bool = False
+
+    def _guard(self, what: str, action) -> None:
+        if self.failed:
+            return
+        try:
+            action()
+        except Exception as err:  # a store down, a network error: the run matters more
+            self.failed = True
+            _warn_untracked(what, err)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -171,7 +194,8 @@ class TrackedRun:
 
     def log_evaluation(self, metrics: Mapping[str, Any]) -> None:
         """One evaluation's report (``step`` among its keys), e.g. ``val_cider``, ``train_loss``."""
-        self.log_metrics({k: v for k, v in metrics.items() if k != "step"}, metrics["step"])
+        numbers = {k: v for k, v in metrics.items() if k != "step"}
+        self._guard("metrics", lambda: self.log_metrics(numbers, metrics["step"]))
 
     def log_files(self, directory: Path, names: tuple[str, ...] = RUN_ARTIFACTS) -> None:
         client = _client(self.uri)
@@ -180,7 +204,7 @@ class TrackedRun:
                 client.log_artifact(self.run_id, str(directory / name))
 
     def finish(self, status: str = "FINISHED") -> None:
-        _client(self.uri).set_terminated(self.run_id, status=status)
+        self._guard("end", lambda: _client(self.uri).set_terminated(self.run_id, status=status))
 
     def save(self, run_dir: Path) -> None:
         (run_dir / MLFLOW_RUN_FILE).write_text(
@@ -207,6 +231,16 @@ def open_tracked_run(
     None when ``train.tracking`` is ``none``."""
     if cfg.train.tracking == "none":
         return None
+    try:
+        return _open_tracked_run(cfg, run_dir, parent_run_id, run_name)
+    except Exception as err:  # the store unreachable or broken: train untracked, say so
+        _warn_untracked(f"opening a run in {tracking_uri(cfg)}", err)
+        return None
+
+
+def _open_tracked_run(
+    cfg: Any, run_dir: Path, parent_run_id: str | None, run_name: str | None
+) -> TrackedRun:
     uri = tracking_uri(cfg)
     record = run_dir / MLFLOW_RUN_FILE
     if record.is_file():
@@ -235,5 +269,5 @@ def log_run_end(tracked: TrackedRun, final: Mapping[str, Any], run_dir: Path) ->
     summary = {k: v for k, v in final.items() if k.startswith("test_") or k in kept}
     history = run_dir / "history.jsonl"
     steps = [json.loads(line)["step"] for line in history.read_text().splitlines() if line.strip()]
-    tracked.log_metrics(summary, step=max(steps, default=0))
-    tracked.log_files(run_dir)
+    tracked._guard("test metrics", lambda: tracked.log_metrics(summary, step=max(steps, default=0)))
+    tracked._guard("artifacts", lambda: tracked.log_files(run_dir))

@@ -63,6 +63,9 @@ def _config_and_run_dir(args: argparse.Namespace, parser: argparse.ArgumentParse
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         parser.error(str(exc))
     run_dir = new_run_dir(cfg, args.resume)
+    if ray_run is not None and args.in_process:
+        parser.error(f"{run_dir} is a Ray Train run: resume it without --in-process (its "
+                     "checkpoints are Ray Train's)")  # fmt: skip
     last = run_dir / "checkpoints" / "last" / CHECKPOINT_FILE
     ran_in_process = ray_run is None and last.is_file()
     return cfg, (ray_run or {}).get("name"), args.in_process or ran_in_process
@@ -145,8 +148,11 @@ def _run(args, cfg, run_dir: Path, ray_run_name: str | None, in_process: bool, s
         final = train_in_process(cfg, prep_dir, run_dir, resume=bool(args.resume),
                                  on_eval=tracked and tracked.log_evaluation)  # fmt: skip
     else:
-        result = fit(cfg, prep_dir, run_dir, fail_at_step=args.fail_at_step, run_name=ray_run_name,
-                     tracked=tracked)  # fmt: skip
+        try:
+            result = fit(cfg, prep_dir, run_dir, fail_at_step=args.fail_at_step,
+                         run_name=ray_run_name, tracked=tracked)  # fmt: skip
+        except SystemExit as stop:  # Ray Train's own Ctrl-C handler aborts the run, then exits
+            raise KeyboardInterrupt("stopped during Ray Train") from stop
         if result.error is not None:
             print(f"training failed: {result.error}", file=sys.stderr)
             return 1

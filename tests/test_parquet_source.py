@@ -125,3 +125,13 @@ def test_images_outside_the_input_are_counted_corrupt_and_never_opened(tmp_path,
     allowed = ReadStats()
     read_parquet_graph(root, allowed, image_workers=1, allow_outside_images=True)
     assert (allowed.images_ok, allowed.images_corrupt) == (3, 1)  # the text file: corrupt
+
+
+def test_dictionary_encoded_text_columns_are_text(tmp_path):
+    """pandas categoricals arrive as Arrow dictionaries of strings: accepted as strings."""
+    split = pa.array(["train", "val", None]).dictionary_encode()
+    nodes = {"id": ["a", "b", "c"], "text": ["x", "y", "z"], "split": split,
+             "target_text": ["one", "two", None]}  # fmt: skip
+    root = _write(tmp_path / "dict", nodes, {"src": ["a"], "dst": ["b"], "type": ["text-text"]})
+    src = read_parquet_graph(root, ReadStats())
+    assert [t.split for t in src.targets] == ["train", "val"]

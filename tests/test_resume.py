@@ -140,3 +140,33 @@ def test_a_resume_refuses_changes_to_the_model_and_allows_the_budget(artifact_di
         cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2 and "model.alpha: 0.1 -> 0.9" in proc.stderr, proc.stderr
+
+
+def test_a_ray_train_run_is_not_resumed_in_process(artifact_dir, tmp_path):
+    """Its checkpoints are Ray Train's: --in-process would silently start again from step 0."""
+    run = tmp_path / "run"
+    run.mkdir()
+    smoke_config(artifact_dir).save_yaml(run / "config.yaml")
+    (run / "ray_run.json").write_text(json.dumps({"name": "run-1", "storage_path": str(run)}))
+    proc = subprocess.run(
+        [sys.executable, "jobs/train.py", "--resume", str(run), "--in-process"],
+        cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "is a Ray Train run" in proc.stderr, proc.stderr
+
+
+def test_tracking_never_stops_a_run_and_resolves_relative_sqlite(
+    artifact_dir, tmp_path, monkeypatch, capsys
+):
+    """A store that cannot be reached: one warning, the run goes on untracked; a relative
+    ``sqlite:///`` path is made absolute (Ray workers run in other directories)."""
+    from g4mm.tracking import open_tracked_run, tracking_uri
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    down = smoke_config(artifact_dir, "train.tracking_uri=http://127.0.0.1:9")  # discard port
+    assert open_tracked_run(down, tmp_path) is None
+    assert "warning: MLflow tracking failed" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    relative = smoke_config(artifact_dir, "train.tracking_uri=sqlite:///stores/mlflow.db")
+    assert tracking_uri(relative) == f"sqlite:///{tmp_path.resolve() / 'stores' / 'mlflow.db'}"

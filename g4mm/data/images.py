@@ -48,12 +48,15 @@ MANIFEST_NAME = "manifest.csv"
 MAX_IMAGE_PIXELS = 40_000_000
 
 
+# PIL warns on opening an image over 89 M pixels; :func:`_refuse_huge` refuses those before
+# decoding, so the warning says nothing (set once here: catch_warnings is not thread-safe and
+# images are checked from a thread pool)
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 def _open(path: str | os.PathLike[str]) -> Image.Image:
-    """``Image.open`` (reads the header only) without PIL's DecompressionBombWarning: the size
-    is checked by :func:`_refuse_huge` before anything is decoded."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return Image.open(path)
+    """``Image.open`` (reads the header only); the size is checked by :func:`_refuse_huge`."""
+    return Image.open(path)
 
 
 def _refuse_huge(image: Image.Image, path: str | os.PathLike[str]) -> None:

@@ -48,12 +48,23 @@ _EDGE_TYPES = {
 }
 
 
-def _is_id(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)
+def _values(t: pa.DataType) -> pa.DataType:
+    """A dictionary-encoded column's value type (pandas categoricals), else ``t``."""
+    return t.value_type if pa.types.is_dictionary(t) else t
 
 
 def _is_text(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t)
+    t = _values(t)
+    view = getattr(pa.types, "is_string_view", lambda _: False)
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or view(t)
+
+
+def _is_id(t: pa.DataType) -> bool:
+    return _is_text(t) or pa.types.is_integer(_values(t))
+
+
+def _is_label(t: pa.DataType) -> bool:
+    return pa.types.is_integer(_values(t))
 
 
 #: what each column may hold (an all-null column, Arrow type ``null``, fits every one)
@@ -61,7 +72,7 @@ _COLUMN_TYPES: dict[str, tuple[str, Any]] = {
     "id": ("string or integer", _is_id),
     "src": ("string or integer", _is_id),
     "dst": ("string or integer", _is_id),
-    "label": ("integer", pa.types.is_integer),
+    "label": ("integer", _is_label),
     **dict.fromkeys(("text", "split", "image_path", "target_text", "prompt", "type"),
                     ("string", _is_text)),
 }

@@ -221,14 +221,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tracked = TrackedRun(**config["tracking"]) if config.get("tracking") and rank == 0 else None
 
     def report(metrics: dict, state: dict | None) -> None:
-        if tracked is not None:  # the curve in MLflow as it happens, not when the run ends
-            tracked.log_evaluation(metrics)
         if state is None:
             ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(tmp, state)
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(tmp, state)
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        if tracked is not None:  # the curve in MLflow as it happens (after the checkpoint)
+            tracked.log_evaluation(metrics)
 
     fail_at = config.get("fail_at_step")
 

@@ -42,7 +42,10 @@ RAY_RUN_FILE = "ray_run.json"
 
 #: Fields a resume may change (``section.key``, or ``section.*`` for a whole section): they
 #: decide how long the run goes on, how and where it is evaluated and reported, and on what
-#: resources; none changes the function being trained or the data it sees.
+#: resources; none changes the function being trained or the data it sees. ``tune.metric`` and
+#: ``tune.mode`` are not among them: the checkpoints kept so far were ranked by them. A longer
+#: ``train.max_steps`` stretches the rest of the cosine schedule from where it is (the rate
+#: steps up once at the resume), as the schedule is a function of the budget.
 RESUMABLE_FIELDS: tuple[str, ...] = (
     "eval.*",
     "train.max_steps",
@@ -54,7 +57,6 @@ RESUMABLE_FIELDS: tuple[str, ...] = (
     "train.output_dir",
     "train.tracking",
     "train.tracking_uri",
-    "tune.*",
 )
 
 

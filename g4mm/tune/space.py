@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from g4mm.config import SECTIONS, ConfigError, ExperimentConfig
+from g4mm.config import SECTIONS, ConfigError, ExperimentConfig, _yaml_load
 
 __all__ = [
     "GRID_TARGETS",
@@ -367,7 +367,7 @@ def load_space(
     """
     path = resolve_space_path(name_or_path, spaces_dir)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = _yaml_load(path.read_text(encoding="utf-8"))  # safe, and no aliases
     except yaml.YAMLError as exc:
         raise SpaceError(f"cannot parse search space {path}: {exc}") from None
     if not isinstance(raw, Mapping) or not isinstance(raw.get("parameters"), Mapping):
