@@ -267,7 +267,18 @@ def log_run_end(tracked: TrackedRun, final: Mapping[str, Any], run_dir: Path) ->
     again: they are on the curve at ``best_step`` already."""
     kept = ("best_step", "total_wall_s", "preprocess_s")
     summary = {k: v for k, v in final.items() if k.startswith("test_") or k in kept}
-    history = run_dir / "history.jsonl"
-    steps = [json.loads(line)["step"] for line in history.read_text().splitlines() if line.strip()]
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()
+               if line.strip()]  # fmt: skip
+    steps = [h["step"] for h in history]
+    tracked._guard("curve", lambda: _backfill(tracked, history))
     tracked._guard("test metrics", lambda: tracked.log_metrics(summary, step=max(steps, default=0)))
     tracked._guard("artifacts", lambda: tracked.log_files(run_dir))
+
+
+def _backfill(tracked: TrackedRun, history: list[dict[str, Any]]) -> None:
+    """Log the evaluations of ``history`` that the MLflow run lacks: one checkpointed just
+    before a driver was killed (the checkpoint is written first) and resumed past."""
+    logged = {m.step for m in _client(tracked.uri).get_metric_history(tracked.run_id, "train_loss")}
+    for entry in history:
+        if entry["step"] not in logged:
+            tracked.log_evaluation(entry)

@@ -35,7 +35,12 @@ def test_ray_data_progress_is_off_unless_asked_for(monkeypatch, data_context):
 
 
 def test_dash_v_exports_the_setting(monkeypatch):
-    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    # setenv first, so that monkeypatch restores the variable's absence afterwards: a bare
+    # delenv of an absent variable records nothing, and the G4MM_LOG=debug that -v exports
+    # leaked into every later test's jobs (all of them verbose: the console test then saw
+    # Ray Train's INFO lines and transformers' bars, in CI only, by test order)
+    monkeypatch.setenv(VERBOSE_ENV, "")
+    monkeypatch.delenv(VERBOSE_ENV)
     parser = argparse.ArgumentParser()
     add_verbose_argument(parser)
     apply_verbosity(parser.parse_args([]))
@@ -87,3 +92,10 @@ def test_held_back_stderr_keeps_other_lines_and_everything_on_error(monkeypatch,
         os.write(2, b"noise 3\n")
         raise ValueError
     assert capfd.readouterr().err == "noise 3\n"  # it may explain the error: kept
+
+
+def test_no_test_leaves_the_verbose_setting_behind():
+    """Runs after the tests above (file order): they exported G4MM_LOG=debug through -v."""
+    import os
+
+    assert VERBOSE_ENV not in os.environ
