@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from g4mm.train.run_dir import RUN_FILES
+
 __all__ = [
     "MLFLOW_RUN_FILE",
     "RUN_ARTIFACTS",
@@ -47,8 +49,7 @@ __all__ = [
 
 MLFLOW_RUN_FILE = "mlflow_run.json"
 #: the run directory's files logged as artifacts at the end of a run
-RUN_ARTIFACTS = ("config.yaml", "metrics.json", "history.jsonl", "predictions.jsonl",
-                 "loss.png", "metrics.png")  # fmt: skip
+RUN_ARTIFACTS = RUN_FILES
 _PARAM_LIMIT = 6000  # MLflow 3's longest param value
 
 

@@ -92,17 +92,6 @@ def _quiet_ray_data_logging_file() -> Path:
     return path
 
 
-def _quiet_ray_worker_info() -> None:
-    """The ``ray`` logger of every Ray worker process started from here at WARNING.
-
-    A worker configures it from ``RAY_LOGGER_LEVEL`` at start-up (INFO by default), and some
-    Ray libraries log through it before their own logging set-up runs. This process's own
-    ``ray`` logger is untouched: ``ray.init`` read its default level when ``ray`` was imported.
-    Warnings and errors still reach the console; a cluster that is joined rather than started
-    keeps its own setting."""
-    os.environ.setdefault("RAY_LOGGER_LEVEL", "warning")
-
-
 def _running_local_cluster() -> bool:
     """True when ``ray start`` left a cluster address file on this machine."""
     try:
@@ -123,9 +112,8 @@ def init_ray(num_cpus: int | None = None, *, progress_bars: bool | None = None) 
     from g4mm.console import verbose
 
     if not ray.is_initialized():
-        if not verbose():  # before the workers start: they inherit the settings
+        if not verbose():  # before the workers start: they inherit the setting
             _quiet_ray_data_console()
-            _quiet_ray_worker_info()
         address = os.environ.get("RAY_ADDRESS")
         if address == "local":  # Ray's spelling of "start a new local one"
             ray.init(address="local", num_cpus=num_cpus, **_local_start())

@@ -8,6 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+#: the files a finished run directory holds (besides checkpoints/), in the order they are named
+RUN_FILES = ("config.yaml", "metrics.json", "predictions.jsonl", "history.jsonl", "loss.png",
+             "metrics.png")  # fmt: skip
+
 
 def new_run_dir(cfg: Any, output: str | None = None) -> Path:
     """``output`` if given, else ``<train.output_dir>/<name>-<variant>-<timestamp>``."""
@@ -164,9 +168,7 @@ def run_summary(final: dict[str, Any], keys: list[str], run_dir: Path) -> str:
     predictions = run_dir / "predictions.jsonl"
     look = (f"python jobs/evaluate.py --predictions {predictions}" if "cider" in keys
             or "paper_cider" in keys else f"less {predictions}")  # fmt: skip
-    files = ", ".join(n for n in ("config.yaml", "metrics.json", "predictions.jsonl",
-                                  "history.jsonl", "loss.png", "metrics.png")
-                      if (run_dir / n).exists())  # fmt: skip
+    files = ", ".join(n for n in RUN_FILES if (run_dir / n).exists())
     return "\n".join([
         line,
         f"wall time {int(wall // 60)}m{wall % 60:02.0f}s; run directory: {run_dir}",
