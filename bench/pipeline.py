@@ -17,8 +17,15 @@ What "N CPUs" means (``--cores``):
   machine the 1-CPU setting then gets the second core free for the driver, raylet and GCS, so
   the ratio measures Ray's worker slots, not CPUs.
 
+Scaling with size (several ``--pages``): each size runs once on all CPUs, fresh cache, its
+tiny backbones prebuilt; prints end-to-end seconds, the Ray Data stages' seconds and the
+driver's peak resident memory (``ru_maxrss`` of the ``jobs/preprocess.py`` process itself, from
+``wait4``: Ray's raylet, GCS and workers are other processes), each as a ratio to the smallest
+size. The goal: 10x the pages cost at most 11x the time, and the driver's peak stays flat.
+
 Usage: python bench/pipeline.py --quick        (default size: 200 pages)
        python bench/pipeline.py --pages 1000
+       python bench/pipeline.py --pages 800 8000 24000
 """
 
 from __future__ import annotations
@@ -46,24 +53,31 @@ def _build_backbones(art: Path, pages: int, scratch: Path) -> None:
     ensure_tiny_backbones(cfg, list(corpus_texts(raw)), pretrain_steps=20)
 
 
-def _run(num_cpus: int, pages: int, art: Path, out: Path, pin: bool) -> dict:
+def _run(num_cpus: int | None, pages: int, art: Path, out: Path, pin: bool) -> dict:
     cmd = [
         sys.executable, "jobs/preprocess.py", "--dataset", "synthetic-docs",
-        "--output", str(out), "--num-cpus", str(num_cpus),
+        "--output", str(out),
         "--set", f"data.artifact_dir={art}", "--set", f"data.num_pages={pages}",
     ]  # fmt: skip
+    if num_cpus is not None:
+        cmd += ["--num-cpus", str(num_cpus)]
     env = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_ADDRESS": ""}
-    cores = sorted(os.sched_getaffinity(0))[:num_cpus]
+    cores = sorted(os.sched_getaffinity(0))[: num_cpus or None]
     start = time.perf_counter()
-    proc = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **env}, check=False,
-        preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if pin else None,
-    )  # fmt: skip
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=stdout, stderr=stderr, text=True, env={**os.environ, **env},
+            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if pin else None,
+        )  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)  # the driver's own rusage, not its children's
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0), stderr.seek(0)
+        text, errors = stdout.read(), stderr.read()
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    text = proc.stdout
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{errors[-3000:]}")
     report = json.loads(text[text.index("\n{") + 1 :])
     report["command_s"] = round(time.perf_counter() - start, 2)
+    report["driver_peak_mb"] = round(usage.ru_maxrss / 1024, 1)  # Linux: KiB
     return report
 
 
@@ -75,10 +89,49 @@ def _positive(text: str) -> int:
     return value
 
 
+def _scaling(sizes: list[int]) -> int:
+    """One run per size on all CPUs; the table of ratios to the smallest size."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        scratch = Path(tmp)
+        for pages in sizes:
+            art = scratch / f"artifacts-{pages}"
+            _build_backbones(art, pages, scratch / f"corpus-{pages}")
+            report = _run(None, pages, art, scratch / f"out-{pages}", pin=False)
+            st = report["stages"]
+            data = sum(st.get(k, 0) for k in ("read", "samples", "backbones", "embed"))
+            row = {
+                "pages": pages,
+                "samples": sum(report["samples"].values()),
+                "seconds": report["seconds"],
+                "data_seconds": round(data, 2),
+                "driver_peak_mb": report["driver_peak_mb"],
+                "stages": st,
+            }
+            print(f"pages={pages}: {json.dumps(row)}", flush=True)
+            rows.append(row)
+    base = rows[0]
+    print(f"scaling, synthetic-docs, {os.cpu_count()} CPUs, one run per size; x = ratio to "
+          f"{base['pages']} pages")  # fmt: skip
+    print("| pages | samples | end to end s | Ray Data stages s | driver peak MB |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        cells = [f"{r[k]} (x{r[k] / base[k]:.2f})" for k in
+                 ("samples", "seconds", "data_seconds", "driver_peak_mb")]  # fmt: skip
+        print(f"| {r['pages']} (x{r['pages'] / base['pages']:.0f}) | " + " | ".join(cells) + " |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="default size (200 pages)")
-    parser.add_argument("--pages", type=int, default=200, help="synthetic pages (default 200)")
+    parser.add_argument(
+        "--pages",
+        type=_positive,
+        nargs="+",
+        default=[200],
+        help="synthetic pages (default 200); several sizes: the scaling table (module doc)",
+    )
     parser.add_argument(
         "--repeats",
         type=_positive,
@@ -93,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         "default pinned where the machine has >= 2 cores",
     )
     args = parser.parse_args(argv)
-    pages = 200 if args.quick else args.pages
+    if len(args.pages) > 1:
+        return _scaling(sorted(set(args.pages)))
+    pages = 200 if args.quick else args.pages[0]
     if len(os.sched_getaffinity(0)) < 2 and args.cores in ("pinned", "both"):
         parser.error("--cores pinned needs at least 2 cores")
     modes = {"both": ["pinned", "logical"], None: None}.get(args.cores, [args.cores])

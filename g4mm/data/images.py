@@ -21,7 +21,7 @@ import functools
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -35,6 +35,7 @@ __all__ = [
     "check_images",
     "is_inside",
     "is_url",
+    "iter_manifest",
     "load_image",
     "load_manifest",
     "resolve_image",
@@ -92,29 +93,43 @@ def load_manifest(images_dir: str | os.PathLike[str] | None) -> dict[str, Path]:
     return dict(_parse_manifest(str(file), stat.st_mtime_ns, stat.st_size))
 
 
-@functools.lru_cache(maxsize=8)
-def _parse_manifest(file: str, mtime_ns: int, size: int) -> dict[str, Path]:
-    """:func:`load_manifest`'s parser; ``mtime_ns`` and ``size`` only key the cache."""
-    root = Path(file).parent.resolve()  # resolved once; rows are joined and normalised
-    manifest: dict[str, Path] = {}
+def iter_manifest(
+    images_dir: str | os.PathLike[str] | None,
+) -> Iterator[tuple[int, str, Path]]:
+    """``(1-based line, url, absolute path)`` of each row of ``images_dir/manifest.csv``,
+    streamed (nothing when there is none); validated as :func:`load_manifest` describes (a URL
+    listed again with another path is :func:`load_manifest`'s check: this keeps no state)."""
+    if images_dir is None:
+        return
+    file = Path(images_dir) / MANIFEST_NAME
+    if not file.is_file():
+        return
+    root = file.parent.resolve()  # resolved once; rows are joined and normalised
     with open(file, newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None or [h.strip() for h in header] != ["url", "path"]:
             raise ValueError(f"{file}:1: header must be 'url,path', got {header!r}")
         for row in reader:
-            line = reader.line_num
             if not row:
                 continue
             if len(row) != 2 or not row[0].strip() or not row[1].strip():
-                raise ValueError(f"{file}:{line}: expected 2 non-empty fields url,path, got {row}")
-            url, rel = row[0].strip(), row[1].strip()
-            path = Path(os.path.normpath(os.path.join(root, rel)))
-            if manifest.get(url, path) != path:
                 raise ValueError(
-                    f"{file}:{line}: url {url!r} listed again with a different path {rel!r}"
+                    f"{file}:{reader.line_num}: expected 2 non-empty fields url,path, got {row}"
                 )
-            manifest[url] = path
+            url, rel = row[0].strip(), row[1].strip()
+            yield reader.line_num, url, Path(os.path.normpath(os.path.join(root, rel)))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_manifest(file: str, mtime_ns: int, size: int) -> dict[str, Path]:
+    """:func:`load_manifest`'s parser; ``mtime_ns`` and ``size`` only key the cache."""
+    manifest: dict[str, Path] = {}
+    for line, url, path in iter_manifest(Path(file).parent):
+        if manifest.get(url, path) != path:
+            raise ValueError(f"{file}:{line}: url {url!r} listed again with a different path "
+                             f"{str(path)!r}")  # fmt: skip
+        manifest[url] = path
     return manifest
 
 

@@ -8,8 +8,9 @@ Layout under ``output_dir``::
         report.json
         DONE                written last; a directory without it is rebuilt
 
-The key is sha256 over: the source (file listing with sizes + mtimes, or the synthetic
-generator's parameters), the :class:`~g4mm.config.DataConfig` fields that change the content,
+The key is sha256 over: the source (a streamed digest of the file listing with sizes +
+mtimes, or the synthetic generator's parameters), the :class:`~g4mm.config.DataConfig` fields
+that change the content,
 :data:`PIPELINE_VERSION`, and the frozen encoders (names plus digests of the files of local
 backbones).
 """
@@ -22,6 +23,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,18 +63,36 @@ def _file_digest(path: Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def _listing(root: Path) -> list[tuple[str, int, int]]:
-    """(relative path, size, mtime_ns) of every file under ``root`` (or of ``root`` itself)."""
+def _walk_sorted(root: Path, top: Path) -> Iterator[tuple[str, int, int]]:
+    """``(relative path, size, mtime_ns)`` of every file under ``top``, depth first in name
+    order, one directory's entries in memory at a time."""
+    with os.scandir(top) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):  # as os.walk: symlinked dirs not entered
+            yield from _walk_sorted(root, Path(entry.path))
+        elif entry.is_file(follow_symlinks=True):
+            st = entry.stat(follow_symlinks=True)
+            yield (os.path.relpath(entry.path, root), st.st_size, st.st_mtime_ns)
+
+
+def _listing(root: Path) -> dict[str, Any]:
+    """A digest of every file under ``root`` (or of ``root`` itself): ``{"files": n, "bytes":
+    total, "sha256": of the (relative path, size, mtime_ns) lines in path order}``. Streamed:
+    the listing is never held, so a directory of millions of images costs the driver one
+    directory's names at a time, not the whole tree."""
+    digest = hashlib.sha256()
+    files = total = 0
     if root.is_file():
         st = root.stat()
-        return [(root.name, st.st_size, st.st_mtime_ns)]
-    out = []
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            p = Path(dirpath) / name
-            st = p.stat()
-            out.append((str(p.relative_to(root)), st.st_size, st.st_mtime_ns))
-    return sorted(out)
+        lines: Iterable[tuple[str, int, int]] = [(root.name, st.st_size, st.st_mtime_ns)]
+    else:
+        lines = _walk_sorted(root, root)
+    for rel, size, mtime_ns in lines:
+        digest.update(f"{rel}\0{size}\0{mtime_ns}\n".encode())
+        files += 1
+        total += size
+    return {"files": files, "bytes": total, "sha256": digest.hexdigest()}
 
 
 def source_fingerprint(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -107,7 +127,7 @@ def _images_outside(d: Any) -> list[tuple[str, int, int] | tuple[str, str]]:
     roots = [input_dir if input_dir.is_dir() else input_dir.parent]
     if d.images is not None:
         roots.append(Path(d.images).resolve())
-    refs: list[Path] = []
+    refs: Iterable[Path] = []
     if d.dataset == "parquet" and (input_dir / "nodes.parquet").is_file():
         import pyarrow.parquet as pq
 
@@ -117,14 +137,18 @@ def _images_outside(d: Any) -> list[tuple[str, int, int] | tuple[str, str]]:
             # any type here: the reader names a column of the wrong type afterwards
             refs = [input_dir / str(p) for p in column.to_pylist() if p and str(p).strip()]
     elif d.dataset == "wikiweb2m":
-        from g4mm.data.images import load_manifest  # PIL, no torch
+        from g4mm.data.images import iter_manifest  # PIL, no torch
 
         images_dir = d.images or (d.input if input_dir.is_dir() else None)
-        refs = list(load_manifest(images_dir).values())
+        refs = (path for _line, _url, path in iter_manifest(images_dir))  # streamed: rows may be
+        # millions, and only the (usually no) rows outside the roots are kept
+    outside = {
+        ref
+        for ref in (Path(os.path.normpath(r)) for r in refs)
+        if not any(ref.is_relative_to(root) for root in roots)
+    }
     out: list[tuple[str, int, int] | tuple[str, str]] = []
-    for ref in sorted({Path(os.path.normpath(r)) for r in refs}):
-        if any(ref.is_relative_to(root) for root in roots):
-            continue
+    for ref in sorted(outside):
         if ref.is_file():
             st = ref.stat()
             out.append((str(ref), st.st_size, st.st_mtime_ns))
@@ -203,19 +227,21 @@ def stale_tiny_backbones(cfg: ExperimentConfig, source: dict[str, Any] | None = 
     return stale
 
 
-def cache_key(cfg: ExperimentConfig) -> str | None:
+def cache_key(cfg: ExperimentConfig, source: dict[str, Any] | None = None) -> str | None:
     """sha256 hex (first 16 chars) of everything that decides the output, or None when the
     encoders cannot be fingerprinted yet (a tiny backbone still to be built, or to be rebuilt:
     :func:`stale_tiny_backbones`).
 
     The code is represented by :data:`PIPELINE_VERSION` only (bump it when a change to the
     readers / sample builder / encoders changes the shards): hashing the source files made
-    every unrelated edit or reformat invalidate every cache.
+    every unrelated edit or reformat invalidate every cache. ``source``:
+    :func:`source_fingerprint` when the caller has it (it walks the input and images: a run
+    computes it once).
     """
     encoders = encoder_fingerprint(cfg)
     if encoders is None:
         return None
-    source = source_fingerprint(cfg)
+    source = source or source_fingerprint(cfg)
     if stale_tiny_backbones(cfg, source):
         return None
     payload = {

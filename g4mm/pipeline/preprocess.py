@@ -9,8 +9,9 @@ Stages (each prints one progress line with counts and elapsed seconds)::
              spread over blocks for sample building
     samples  parquet shards per split: <key>/samples/<split>/
     backbones  tiny backbones built from the corpus when missing (g4mm.data.corpus)
-    embed    unique texts / images -> frozen encoders in an actor pool (GPU when present)
-             -> <key>/features/{text,image}/
+    embed    distinct texts / images (Ray Data: per batch, then groupby; never in the driver)
+             -> frozen encoders in an actor pool (GPU when present) -> <key>/features/
+             {text,image}/
     commit   report.json + DONE, then the build directory is renamed to <key>
 
 A rerun with the same key prints ``cache hit: <dir>`` and returns the stored report.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import resource
 import shutil
 import time
 from collections import Counter
@@ -41,6 +43,7 @@ from g4mm.pipeline.cache import (
     encoder_fingerprint,
     is_done,
     new_tmp_dir,
+    source_fingerprint,
     stale_tiny_backbones,
     tiny_recipes,
 )
@@ -208,21 +211,31 @@ def _write_samples(rows: ray.data.Dataset, splits: list[str], out: Path) -> None
         ).write_parquet(str(out / "samples" / split))
 
 
-def _unique_values(rows: ray.data.Dataset) -> tuple[list[str], list[str]]:
-    """Distinct non-empty node texts and image paths of the (materialized) sample rows.
+def _values_of_batch(batch: pa.Table, column: str) -> pa.Table:
+    """``map_batches`` function: the distinct non-empty entries of a list column over the
+    batch's samples, as a ``value`` column (deduplicated per batch first: the shuffle then
+    moves each value about once per block, not once per reference)."""
+    batch = batch.filter(batch.column("_is_sample"))
+    values = pc.drop_null(pc.list_flatten(batch.column(column)))
+    values = pc.unique(values.filter(pc.not_equal(values, "")))
+    return pa.table({"value": values.cast(pa.string())})
 
-    Deduplicated per batch in Arrow, then across batches in the driver (the lists are what the
-    embed stage ships to its actors anyway).
-    """
-    texts: set[str] = set()
-    images: set[str] = set()
-    cols = ["text_nodes", "image_paths", "_is_sample"]
-    for batch in rows.select_columns(cols).iter_batches(batch_format="pyarrow", batch_size=None):
-        batch = batch.filter(batch.column("_is_sample"))
-        for column, acc in (("text_nodes", texts), ("image_paths", images)):
-            values = pc.list_flatten(batch.column(column)).unique()
-            acc.update(v for v in values.to_pylist() if v)
-    return sorted(texts), sorted(images)
+
+def _distinct_values(rows: ray.data.Dataset, column: str, partitions: int) -> ray.data.Dataset:
+    """Distinct non-empty ``column`` entries (node texts, image paths) of the sample rows, as
+    a materialized one-column (``value``) dataset in ``partitions`` blocks: deduplicated by Ray
+    Data (per batch, then ``groupby``'s shuffle across the cluster), never gathered in the
+    driver.
+
+    The block count is set here, not by a ``repartition`` before embedding: the embed stage's
+    two actor pools hold every CPU of a small machine, and a repartition's split tasks would
+    then wait for a CPU forever (seen on 2 CPUs). Ray's default of 200 shuffle partitions cost
+    5 s on 20,000 rows here, against 0.3-2 s for 2-4."""
+    per_batch = rows.select_columns([column, "_is_sample"]).map_batches(
+        _values_of_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"column": column}
+    )
+    grouped = per_batch.groupby("value", num_partitions=partitions).count()
+    return grouped.select_columns(["value"]).materialize()
 
 
 def _corpus(rows: ray.data.Dataset) -> list[str]:
@@ -243,13 +256,13 @@ def _corpus(rows: ray.data.Dataset) -> list[str]:
 
 
 def _build_backbones(
-    cfg: ExperimentConfig, data_cfg: DataConfig, rows: ray.data.Dataset
+    cfg: ExperimentConfig, data_cfg: DataConfig, rows: ray.data.Dataset, source: dict[str, Any]
 ) -> dict[str, str]:
     """Build the missing or stale tiny backbones (:func:`tiny_recipes`): from the generated
     train pages for synthetic sources, else from the train samples (:func:`_corpus`)."""
     from g4mm.data.corpus import ensure_tiny_backbones
 
-    recipes = tiny_recipes(cfg)
+    recipes = tiny_recipes(cfg, source)
     if cfg.data.dataset in _SYNTHETIC_READER:
         from g4mm.data.synthetic import corpus_texts, lm_copy_documents
 
@@ -275,27 +288,25 @@ def _copy_note(cfg: ExperimentConfig) -> str:
 
 
 def _embed(
-    values: list[str], actor_cls: type, ctor: dict[str, Any], out: Path, cpus: int, gpus: int
+    values: ray.data.Dataset, actor_cls: type, ctor: dict[str, Any], out: Path, cpus: int, gpus: int
 ) -> int:
-    """Run ``actor_cls`` over ``values`` in an actor pool; write FEATURE_SCHEMA parquet."""
+    """Run ``actor_cls`` over the ``value`` column of ``values`` (materialized) in an actor
+    pool; write FEATURE_SCHEMA parquet."""
     out.mkdir(parents=True, exist_ok=True)
-    if not values:
+    count = values.count()
+    if count == 0:
         return 0
-    batches = -(-len(values) // _EMBED_BATCH)
+    batches = -(-count // _EMBED_BATCH)
     if gpus > 0:  # one actor per GPU, half a GPU each: the text and image pools share them
         pool, resources = ray.data.ActorPoolStrategy(size=gpus), {"num_gpus": 0.5}
-        blocks = 4 * gpus
     else:
         # CPU: each actor one CPU; the two pools start at half the CPUs each and grow into
         # what the other leaves. A fixed half left the text pool of a 135 M-parameter LM on
         # 1 of 2 CPUs for 10+ minutes after the tiny vision pool had finished in seconds.
         most = max(1, min(cpus, -(-batches // 4)))
         pool = ray.data.ActorPoolStrategy(min_size=max(1, min(most, cpus // 2)), max_size=most)
-        resources, blocks = {"num_cpus": 1}, 4 * most
-    ds = ray.data.from_items(
-        [{"value": v} for v in values], override_num_blocks=max(1, min(batches, blocks))
-    )
-    feats = ds.map_batches(
+        resources = {"num_cpus": 1}
+    feats = values.map_batches(
         actor_cls,
         fn_constructor_kwargs=ctor,
         batch_size=_EMBED_BATCH,
@@ -308,7 +319,12 @@ def _embed(
 
 
 def _embed_stage(
-    cfg: ExperimentConfig, texts: list[str], images: list[str], out: Path, cpus: int, gpus: int
+    cfg: ExperimentConfig,
+    texts: ray.data.Dataset,
+    images: ray.data.Dataset,
+    out: Path,
+    cpus: int,
+    gpus: int,
 ) -> tuple[int, int]:
     """Text and image features into ``out/text`` and ``out/image``; returns both row counts.
 
@@ -371,12 +387,14 @@ def run_preprocess(
         The report (also ``<key>/report.json``): ``samples`` per split, ``targets``,
         ``images`` {ok, missing, corrupt}, ``skipped`` {reason: n}, ``features`` and
         ``embedded`` {text, image}, ``cache_key``, ``cache_hit``, ``seconds``,
-        ``samples_per_s``, ``stages`` (seconds each), ``stages_run``, ``output``.
+        ``samples_per_s``, ``stages`` (seconds each), ``stages_run``, ``output``,
+        ``driver_peak_mb`` (this process's peak resident memory, Linux ``ru_maxrss``).
     """
     start = time.perf_counter()
     out = Path(output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    key = cache_key(cfg)
+    source = source_fingerprint(cfg)  # walks the input and images once per run
+    key = cache_key(cfg, source)
     if key is not None and is_done(out / key):
         return _cache_hit(out / key, start)
 
@@ -403,13 +421,15 @@ def run_preprocess(
         progress("samples", ", ".join(f"{s}={info['samples'][s]}" for s in splits) or "none")
         stages_run.append("samples")
 
-        texts, images = _unique_values(rows)
-        if encoder_fingerprint(cfg) is None or stale_tiny_backbones(cfg):  # tiny: (re)build
-            status = _build_backbones(cfg, data_cfg, rows)
+        blocks = 4 * (cluster_gpus() or cluster_cpus())  # the embed stage's parallelism
+        texts = _distinct_values(rows, "text_nodes", blocks)
+        images = _distinct_values(rows, "image_paths", blocks)
+        if encoder_fingerprint(cfg) is None or stale_tiny_backbones(cfg, source):  # (re)build
+            status = _build_backbones(cfg, data_cfg, rows, source)
             progress("backbones", f"tiny backbones {status} in {cfg.data.artifact_dir}"
                      f"{_copy_note(cfg)}")  # fmt: skip
             stages_run.append("backbones")
-        key = cache_key(cfg)
+        key = cache_key(cfg, source)
         assert key is not None, "encoders still not resolvable after building backbones"
         if is_done(out / key):  # built by a concurrent run meanwhile
             shutil.rmtree(tmp, ignore_errors=True)
@@ -419,7 +439,7 @@ def run_preprocess(
         n_text, n_image = _embed_stage(cfg, texts, images, tmp / "features", cpus, gpus)
         progress(
             "embed",
-            f"{n_text}/{len(texts)} texts, {n_image}/{len(images)} images "
+            f"{n_text}/{texts.count()} texts, {n_image}/{images.count()} images "
             f"({f'GPU x{gpus}' if gpus else 'CPU'})",
         )
         stages_run.append("embed")
@@ -440,6 +460,7 @@ def run_preprocess(
             "samples_per_s": round(n_samples / seconds, 2) if seconds > 0 else None,
             "num_cpus": cpus,
             "num_gpus": gpus,
+            "driver_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "stages": progress.stages,
             "stages_run": stages_run,
         }
@@ -448,7 +469,7 @@ def run_preprocess(
         if info.get("classes") is not None:
             (tmp / CLASSES).write_text(json.dumps(info["classes"], indent=2) + "\n")
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
-        if cache_key(cfg) != key:  # an encoder changed under the embedding: never mislabel
+        if cache_key(cfg, source) != key:  # an encoder changed under the embedding: never mislabel
             raise RuntimeError(
                 f"the encoders in {cfg.data.artifact_dir}/backbones changed while this run "
                 "embedded its features (a run of other data sharing this data.artifact_dir "
