@@ -19,8 +19,9 @@ What "N CPUs" means (``--cores``):
 
 Scaling with size (several ``--pages``): each size runs once on all CPUs, fresh cache, its
 tiny backbones prebuilt; prints end-to-end seconds, the Ray Data stages' seconds and the
-driver's peak resident memory (``ru_maxrss`` of the ``jobs/preprocess.py`` process itself, from
-``wait4``: Ray's raylet, GCS and workers are other processes), each as a ratio to the smallest
+driver's peak resident memory (``RUSAGE_SELF`` ``ru_maxrss`` of the ``jobs/preprocess.py``
+process, printed by a wrapper as it exits: ``wait4`` would fold in the Ray processes it started
+and reaped), each as a ratio to the smallest
 size. The goal: 10x the pages cost at most 11x the time, and the driver's peak stays flat.
 
 Usage: python bench/pipeline.py --quick        (default size: 200 pages)
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -53,9 +55,21 @@ def _build_backbones(art: Path, pages: int, scratch: Path) -> None:
     ensure_tiny_backbones(cfg, list(corpus_texts(raw)), pretrain_steps=20)
 
 
+#: Runs a script and prints the process's own peak resident memory on exit (``RUSAGE_SELF``:
+#: the driver alone, not Ray's raylet, GCS or workers, which it starts as children).
+_PEAK_WRAPPER = """import resource, runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"DRIVER_PEAK_KB={peak}", file=sys.stderr, flush=True)
+"""
+
+
 def _run(num_cpus: int | None, pages: int, art: Path, out: Path, pin: bool) -> dict:
     cmd = [
-        sys.executable, "jobs/preprocess.py", "--dataset", "synthetic-docs",
+        sys.executable, "-c", _PEAK_WRAPPER, "jobs/preprocess.py", "--dataset", "synthetic-docs",
         "--output", str(out),
         "--set", f"data.artifact_dir={art}", "--set", f"data.num_pages={pages}",
     ]  # fmt: skip
@@ -64,20 +78,17 @@ def _run(num_cpus: int | None, pages: int, art: Path, out: Path, pin: bool) -> d
     env = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_ADDRESS": ""}
     cores = sorted(os.sched_getaffinity(0))[: num_cpus or None]
     start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=stdout, stderr=stderr, text=True, env={**os.environ, **env},
-            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if pin else None,
-        )  # fmt: skip
-        _, status, usage = os.wait4(proc.pid, 0)  # the driver's own rusage, not its children's
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        stdout.seek(0), stderr.seek(0)
-        text, errors = stdout.read(), stderr.read()
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **env}, check=False,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if pin else None,
+    )  # fmt: skip
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{errors[-3000:]}")
+        raise RuntimeError(f"{' '.join(cmd[3:])} failed:\n{proc.stderr[-3000:]}")
+    text = proc.stdout
     report = json.loads(text[text.index("\n{") + 1 :])
     report["command_s"] = round(time.perf_counter() - start, 2)
-    report["driver_peak_mb"] = round(usage.ru_maxrss / 1024, 1)  # Linux: KiB
+    peak = re.search(r"DRIVER_PEAK_KB=(\d+)", proc.stderr)
+    report["driver_peak_mb"] = round(int(peak.group(1)) / 1024, 1) if peak else None
     return report
 
 

@@ -60,6 +60,7 @@ EXPECTED = {
     "/img/busy.jpg": ("ok", ""),  # 429 first
     "/img/gone.jpg": ("failed", "http_404"),
     "/img/slow.jpg": ("failed", "timeout"),
+    "/img/trickle.jpg": ("failed", "timeout"),  # a byte at a time: no read ever times out
     "/img/cut.jpg": ("failed", "truncated"),
     "/img/error-page.jpg": ("failed", "not_image"),
     "/img/html-as-jpeg.jpg": ("failed", "undecodable"),
@@ -108,6 +109,16 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(1.5)  # past the tests' 0.5 s timeout: the client has gone
             with contextlib.suppress(OSError):
                 self._send(200, RED, "image/jpeg")
+        elif self.path == "/img/trickle.jpg":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(RED)))
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                for i in range(40):  # 4 s in all, each byte within the 0.5 s read timeout
+                    self.wfile.write(RED[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.1)
         elif self.path == "/img/cut.jpg":
             self.send_response(200)
             self.send_header("Content-Type", "image/jpeg")
@@ -158,7 +169,7 @@ def test_each_response_has_its_outcome(server, tmp_path, path):
     # nothing half-written anywhere: no .part file, no file for a failure
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and p != dest]
     assert leftovers == []
-    retried = {"busy.jpg", "slow.jpg", "cut.jpg", "down.jpg"}
+    retried = {"busy.jpg", "slow.jpg", "trickle.jpg", "cut.jpg", "down.jpg"}
     assert handler.counts[path] == (2 if path.rsplit("/", 1)[1] in retried else 1)
     assert set(handler.user_agents) == {"g4mm-tests/1.0 (tests@example.org)"}
 
@@ -187,8 +198,32 @@ def test_the_rate_limiter_spaces_requests_per_host():
     assert waits[4] == pytest.approx(4 / 20.0, abs=0.01)  # slots 50 ms apart
     assert limiter.reserve("b") == 0.0  # hosts are independent
     limiter.penalize("b", 1.0)
-    assert limiter.reserve("b") == pytest.approx(1.0, abs=0.01)
-    assert HostRateLimiter(0).reserve("a") == 0.0 == HostRateLimiter(0).reserve("a")
+    assert limiter.reserve("b") == pytest.approx(1.05, abs=0.01)  # its next slot, 1 s later
+    unlimited = HostRateLimiter(0)
+    assert [unlimited.reserve("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+
+
+def test_a_429_moves_every_later_slot_of_the_host():
+    limiter = HostRateLimiter(rate_per_s=10.0)
+    assert [round(limiter.reserve("h"), 2) for _ in range(3)] == [0.0, 0.1, 0.2]
+    limiter.penalize("h", 2.0)  # slots up to 0.3 s were queued: the next is 2 s after
+    assert limiter.reserve("h") == pytest.approx(2.3, abs=0.02)
+
+
+def test_odd_urls_and_retry_after_dates():
+    from email.utils import formatdate
+
+    from g4mm.fetch.download import _retry_after
+
+    odd = fetch_url(requests.Session(), "http://[x/y.jpg", Path("/nonexistent"), _policy())
+    assert (odd.status, odd.reason) == ("failed", "bad_url")
+    ftp = fetch_url(requests.Session(), "ftp://host/y.jpg", Path("/nonexistent"), _policy())
+    assert (ftp.status, ftp.reason) == ("failed", "bad_url")
+    response = requests.Response()
+    response.headers["Retry-After"] = formatdate(time.time() + 30, usegmt=True)
+    assert 25 <= _retry_after(response) <= 31
+    response.headers["Retry-After"] = "7"
+    assert _retry_after(response) == 7.0
 
 
 # ------------------------------------------------------------------- the job, on Ray
@@ -231,12 +266,13 @@ def _input(tmp_path: Path, base: str) -> tuple[Path, dict[str, int]]:
             [[u["/img/error-page.jpg"], u["/img/red.jpg"]], [u["/img/html-as-jpeg.jpg"]]],
         ),
         _page("test", "Delta", [[u["/img/huge.png"], u["/img/down.jpg"]], [u["/img/red.jpg"]]]),
+        _page("val", "Epsilon", [[u["/img/trickle.jpg"]]]),
     ]
     tf = tmp_path / "tf"
     tf.mkdir()
     write_tfrecords(tf / "part-0.tfrecord.gz", pages[:2])
     write_tfrecords(tf / "part-1.tfrecord", pages[2:])
-    return tf, {"references": 13, "distinct": len(EXPECTED)}
+    return tf, {"references": 14, "distinct": len(EXPECTED)}
 
 
 def _fetch(tf: Path, out: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -276,7 +312,7 @@ def test_fetch_job_counts_exactly_reruns_incrementally_and_feeds_preprocess(serv
     assert report["urls"]["distinct"] == sizes["distinct"]
     assert report["manifest_rows"] == 4
     assert report["bytes"] == len(RED) * 2 + len(BLUE) + len(GREEN)
-    assert "[fetch] fetch: 11/11 URLs" in proc.stdout and "ETA" in proc.stdout
+    assert "[fetch] fetch: 12/12 URLs" in proc.stdout and "ETA" in proc.stdout
     manifest = _manifest(out)
     assert set(manifest) == {base + p for p, (o, _) in EXPECTED.items() if o == "ok"}
     for url, rel in manifest.items():
@@ -298,10 +334,15 @@ def test_fetch_job_counts_exactly_reruns_incrementally_and_feeds_preprocess(serv
     assert again["ok"] == 0 and again["skipped"] == 4 and again["failed"] == wanted_failed
     assert _manifest(out) == manifest
 
-    # --splits and --limit select before fetching
-    _, train_only = _fetch(tf, tmp_path / "train-only", "--splits", "train", "--limit", "3")
-    assert train_only["urls"]["distinct"] == 3
-    assert train_only["urls"]["references"] == 7
+    # --splits and --limit select before fetching, and the manifest keeps the other images
+    before = dict(handler.counts)
+    _, train_only = _fetch(tf, out, "--splits", "train", "--limit", "3")
+    assert train_only["urls"]["references"] == 7 and train_only["urls"]["distinct"] == 7
+    assert train_only["urls"]["selected"] == 3  # Green%20leaf, blue, busy: first in URL order
+    assert train_only["skipped"] == 3 and train_only["ok"] == 0 and not train_only["failed"]
+    assert handler.counts == before  # all three on disk: no request
+    assert train_only["manifest_carried"] == 1  # red.jpg, not selected, still listed
+    assert _manifest(out) == manifest
 
     # straight into preprocessing: every reference to a fetched image is an ok image
     from g4mm.config import load_config
@@ -322,7 +363,7 @@ def test_fetch_job_counts_exactly_reruns_incrementally_and_feeds_preprocess(serv
     assert prep.returncode == 0, prep.stderr[-3000:]
     prep_report = json.loads(prep.stdout[prep.stdout.index("\n{") + 1 :])
     # red.jpg x3, blue, green, busy: 6 references resolve to fetched files
-    assert prep_report["images"] == {"ok": 6, "missing": 7, "corrupt": 0}
+    assert prep_report["images"] == {"ok": 6, "missing": 8, "corrupt": 0}
 
 
 def test_a_second_fetch_into_the_same_output_is_refused(tmp_path):
@@ -346,3 +387,36 @@ def test_fetch_help_and_bad_input(tmp_path):
     assert missing.returncode == 2 and "no such file or directory" in missing.stderr
     bad = run("--input", str(tmp_path), "--output", str(tmp_path / "o"), "--concurrency", "0")
     assert bad.returncode == 2 and "must be > 0" in bad.stderr
+
+
+def test_the_images_listing_digest_sees_content_not_bookkeeping(tmp_path):
+    """The cache key's listing of an images directory: a nested image added, changed or
+    removed changes it; the fetcher's bookkeeping, hidden files and the manifest's row order
+    do not (a rerun that fetched nothing must keep the preprocessing cache)."""
+    from g4mm.pipeline.cache import _listing
+
+    root = tmp_path / "images"
+    (root / "files" / "ab").mkdir(parents=True)
+    (root / "files" / "ab" / "ab12.jpg").write_bytes(RED)
+    (root / "manifest.csv").write_text("url,path\nhttp://h/a.jpg,files/ab/ab12.jpg\n"
+                                       "http://h/b.jpg,files/ab/ab12.jpg\n")  # fmt: skip
+    first = _listing(root)
+    assert first["files"] == 2
+    (root / "failures.csv").write_text("url,reason,detail,attempts\n")
+    (root / "fetch_report.json").write_text("{}")
+    (root / ".fetch.lock").write_text("")
+    (root / "files" / "ab" / ".ab13.jpg.part-1").write_bytes(b"half")
+    (root / "manifest.csv").write_text("url,path\nhttp://h/b.jpg,files/ab/ab12.jpg\n"
+                                       "http://h/a.jpg,files/ab/ab12.jpg\n")  # fmt: skip
+    assert _listing(root) == first
+    (root / "files" / "cd").mkdir()
+    (root / "files" / "cd" / "cd34.png").write_bytes(BLUE)
+    added = _listing(root)
+    assert added["sha256"] != first["sha256"] and added["files"] == 3
+    (root / "files" / "cd" / "cd34.png").write_bytes(GREEN)
+    os.utime(root / "files" / "cd" / "cd34.png", ns=(1, 1))
+    assert _listing(root)["sha256"] not in (first["sha256"], added["sha256"])
+    (root / "files" / "cd" / "cd34.png").unlink()
+    assert _listing(root) == first
+    (root / "manifest.csv").write_text("url,path\nhttp://h/a.jpg,files/ab/ab12.jpg\n")
+    assert _listing(root)["sha256"] != first["sha256"]

@@ -9,7 +9,7 @@
   which the next run overwrites under another name and :func:`remove_stale_parts` clears;
 - ``429`` and ``5xx``, a timeout, a refused or reset connection, a body shorter than its
   Content-Length: retried up to ``retries`` more times after
-  ``min(max_backoff_s, Retry-After or backoff_s * 2**attempt) * U(1, 1.5)`` seconds; a ``429``
+  ``min(max_backoff_s, (Retry-After or backoff_s * 2**attempt) * U(1, 1.5))`` seconds; a ``429``
   also pushes the whole host back by that delay (``penalize``: every task of the run waits);
 - anything else fails at once.
 
@@ -17,7 +17,12 @@ Failure reasons (``FetchResult.reason``): ``http_<code>`` (e.g. ``http_404``, or
 when the retries ran out), ``timeout``, ``connection``, ``truncated``, ``too_large``,
 ``not_image`` (the server said it is not an image: an HTML error page saved as ``.jpg`` is
 this), ``undecodable`` (said ``image/*`` but PIL cannot decode it, e.g. HTML served as
-``image/jpeg``), ``too_many_pixels``, ``bad_url`` (not ``http(s)://host/...``).
+``image/jpeg``), ``too_many_pixels``, ``bad_url`` (not ``http(s)://host/...``), ``error``
+(anything else, e.g. a full disk: the detail names it; the run goes on).
+
+Timeouts: ``timeout_s`` bounds the connect, each read, and the whole response: a watchdog
+shuts the socket down at the deadline, so a server that trickles a byte at a time is cut off
+too (a read that keeps receiving never times out by itself).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import hashlib
 import io
 import os
 import random
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -37,6 +44,7 @@ from urllib.parse import urlsplit
 
 import requests
 from PIL import Image
+from urllib3.exceptions import ReadTimeoutError
 
 from g4mm.data.images import MAX_IMAGE_PIXELS
 
@@ -147,9 +155,14 @@ def _read_body(response: requests.Response, policy: FetchPolicy, deadline: float
                 raise _Retry("timeout", f"body not complete within {policy.timeout_s} s")
     except requests.exceptions.ChunkedEncodingError as err:  # urllib3 IncompleteRead et al.
         raise _Retry("truncated", str(err)) from None
-    except requests.exceptions.Timeout as err:
-        raise _Retry("timeout", str(err)) from None
-    except requests.exceptions.ConnectionError as err:
+    except requests.exceptions.ContentDecodingError as err:  # a bad gzip / deflate body
+        raise _Fail("undecodable", f"content encoding: {err}") from None
+    except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as err:
+        # requests raises a read timeout inside the body as a ConnectionError around
+        # urllib3's ReadTimeoutError
+        cause = err.args[0] if err.args else None
+        if isinstance(err, requests.exceptions.Timeout) or isinstance(cause, ReadTimeoutError):
+            raise _Retry("timeout", str(err)) from None
         raise _Retry("truncated", str(err)) from None
     return body.getvalue()
 
@@ -165,6 +178,8 @@ def _check_decodes(data: bytes) -> None:
             image.load()
     except _Fail:
         raise
+    except Image.DecompressionBombError as err:  # over PIL's own limit: refused by PIL first
+        raise _Fail("too_many_pixels", str(err)) from None
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
         raise _Fail("undecodable", f"{type(err).__name__}: {err}") from None
 
@@ -180,6 +195,16 @@ def _write_atomically(data: bytes, dest: Path) -> None:
     except BaseException:
         part.unlink(missing_ok=True)
         raise
+
+
+def _shut_down(response: requests.Response) -> None:
+    """Shut the response's socket down (from the watchdog thread): a read blocked in another
+    thread then returns at once with an error."""
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _attempt(session: requests.Session, url: str, policy: FetchPolicy) -> bytes:
@@ -198,18 +223,37 @@ def _attempt(session: requests.Session, url: str, policy: FetchPolicy) -> bytes:
         raise _Retry("connection", str(err)) from None
     except requests.exceptions.RequestException as err:  # invalid URL, too many redirects, ...
         raise _Fail("bad_url", str(err)) from None
-    with response:
-        code = response.status_code
-        if code == 429 or code >= 500:
-            raise _Retry(f"http_{code}", f"HTTP {code}", _retry_after(response))
-        if code != 200:
-            raise _Fail(f"http_{code}", f"HTTP {code}")
-        ctype = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if not ctype.startswith("image/"):
-            raise _Fail("not_image", f"Content-Type {ctype or '(none)'}")
-        data = _read_body(response, policy, deadline)
+    watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _shut_down, (response,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        with response:
+            data = _checked_body(response, policy, deadline)
+    except _Fail:  # a definite answer (404, not an image, too large)
+        raise
+    except (_Retry, OSError, requests.exceptions.RequestException) as err:
+        if time.monotonic() >= deadline:  # the watchdog cut the body off
+            raise _Retry("timeout", f"response not complete within {policy.timeout_s} s") from None
+        if isinstance(err, _Retry):
+            raise
+        raise _Retry("truncated", str(err)) from None
+    finally:
+        watchdog.cancel()
     _check_decodes(data)
     return data
+
+
+def _checked_body(response: requests.Response, policy: FetchPolicy, deadline: float) -> bytes:
+    """The body of one response after the status, type and size checks."""
+    code = response.status_code
+    if code == 429 or code >= 500:
+        raise _Retry(f"http_{code}", f"HTTP {code}", _retry_after(response))
+    if code != 200:
+        raise _Fail(f"http_{code}", f"HTTP {code}")
+    ctype = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if not ctype.startswith("image/"):
+        raise _Fail("not_image", f"Content-Type {ctype or '(none)'}")
+    return _read_body(response, policy, deadline)
 
 
 def fetch_url(
@@ -230,14 +274,33 @@ def fetch_url(
         wait_turn: called with the host before every request (the per-host rate limit).
         penalize: called with the host and a delay after a 429 (every requester backs off).
     """
-    rel = image_relpath(url)
-    dest = output / rel
-    if dest.is_file():
+    try:
+        rel = image_relpath(url)
+        parts = urlsplit(url)
+    except ValueError as err:  # e.g. "Invalid IPv6 URL"
+        return FetchResult(url, "", "failed", "bad_url", str(err))
+    if (output / rel).is_file():
         return FetchResult(url, rel, "skipped")
-    parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return FetchResult(url, rel, "failed", "bad_url", "not an http(s) URL with a host")
-    host = parts.netloc.lower()
+    try:
+        return _fetch_new(session, url, rel, output, policy, wait_turn, penalize)
+    except Exception as err:  # one URL's unforeseen error must not end the whole run
+        return FetchResult(url, rel, "failed", "error", f"{type(err).__name__}: {err}")
+
+
+def _fetch_new(
+    session: requests.Session,
+    url: str,
+    rel: str,
+    output: Path,
+    policy: FetchPolicy,
+    wait_turn: Callable[[str], None],
+    penalize: Callable[[str, float], None],
+) -> FetchResult:
+    """:func:`fetch_url` past the checks: the attempts, then the atomic write."""
+    dest = output / rel
+    host = urlsplit(url).netloc.lower()
     reason = detail = ""
     for attempt in range(policy.retries + 1):
         wait_turn(host)
@@ -250,7 +313,7 @@ def fetch_url(
             if attempt == policy.retries:
                 break
             delay = err.delay if err.delay is not None else policy.backoff_s * 2**attempt
-            delay = min(policy.max_backoff_s, delay) * random.uniform(1.0, 1.5)
+            delay = min(policy.max_backoff_s, delay * random.uniform(1.0, 1.5))
             if err.reason == "http_429":
                 penalize(host, delay)
             time.sleep(delay)

@@ -4,8 +4,8 @@ Each host has a next free slot ``t_h``. :meth:`HostRateLimiter.reserve` hands ou
 ``max(now, t_h)`` and advances ``t_h`` by ``1 / rate``; the caller sleeps until its slot. So
 over any window of ``T`` seconds a host gets at most ``rate * T + 1`` requests, however many
 tasks and threads ask, on however many nodes. :meth:`~HostRateLimiter.penalize` moves ``t_h``
-to ``now + seconds`` (after a 429: the whole run backs off from that host, not just the thread
-that was told).
+by ``seconds``, and to at least ``now + seconds`` (after a 429: the whole run backs off from
+that host, not just the thread that was told; requests already given a slot still go).
 """
 
 from __future__ import annotations
@@ -31,5 +31,7 @@ class HostRateLimiter:
         return slot - now
 
     def penalize(self, host: str, seconds: float) -> None:
-        """No slot for ``host`` before ``seconds`` from now."""
-        self.next_free[host] = max(self.next_free.get(host, 0.0), time.monotonic() + seconds)
+        """Every slot of ``host`` not yet handed out moves ``seconds`` later, and none is
+        before ``seconds`` from now (slots already handed out are the callers' to keep)."""
+        now = time.monotonic()
+        self.next_free[host] = max(self.next_free.get(host, now) + seconds, now + seconds)

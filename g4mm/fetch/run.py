@@ -42,6 +42,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from g4mm.fetch.download import FetchPolicy, FetchResult, fetch_url, remove_stale_parts
 
@@ -79,7 +80,8 @@ class FetchOptions:
         rate_per_host: requests per second per host, over the whole cluster (<= 0: no limit).
         splits: only records of these splits (``train`` / ``val`` / ``test``); None: all.
         limit: at most this many distinct URLs, the first in URL order; None: all.
-        batch_size: URLs per Ray Data batch (one task call).
+        batch_size: URLs per Ray Data batch (one task call); None: twice the threads, so one
+            slow URL holds back few others.
         progress_every_s: seconds between progress lines.
     """
 
@@ -88,13 +90,15 @@ class FetchOptions:
     rate_per_host: float = 10.0
     splits: tuple[str, ...] | None = None
     limit: int | None = None
-    batch_size: int = 64
+    batch_size: int | None = None
     progress_every_s: float = 10.0
 
 
 # ------------------------------------------------------------------------------ in tasks
 
 _SESSIONS = threading.local()
+_POOLS: dict[int, ThreadPoolExecutor] = {}  # per worker process: threads (and their
+# sessions, so their connections) live across batches
 
 
 def _session() -> Any:
@@ -130,8 +134,10 @@ def _fetch_batch(
         return fetch_url(_session(), url, out, policy, **hooks)
 
     urls = batch.column("url").to_pylist()
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(urls)))) as pool:
-        results = list(pool.map(one, urls))
+    pool = _POOLS.get(threads)
+    if pool is None:
+        pool = _POOLS[threads] = ThreadPoolExecutor(max_workers=threads)
+    results = list(pool.map(one, urls))
     rows = [dataclasses.asdict(r) for r in results]
     return pa.Table.from_pylist(rows, schema=_RESULT_SCHEMA)
 
@@ -188,9 +194,16 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+def _problem_kind(batch: pa.Table) -> pa.Table:
+    """``map_batches`` function: ``"bad_record: file:3"`` -> ``kind = "bad_record"``."""
+    kinds = pc.extract_regex(batch.column("problem"), r"^(?P<kind>[a-z_]+)")
+    return pa.table({"kind": pc.struct_field(kinds, [0])})
+
+
 def _distinct_urls(input_path: str, options: FetchOptions, cpus: int) -> tuple[Any, dict]:
-    """The materialized dataset of distinct URLs (column ``url``, and ``count()``: references
-    each) and what reading found: references, distinct, problems {kind: n}."""
+    """The materialized dataset of the URLs to fetch (column ``url``, distinct, ``--limit``
+    applied) and what reading found: ``files``, ``references``, ``distinct`` (before the
+    limit), ``selected`` (after it), ``problems`` {kind: n}."""
     import ray
 
     from g4mm.fetch.urls import urls_of_items
@@ -208,18 +221,79 @@ def _distinct_urls(input_path: str, options: FetchOptions, cpus: int) -> tuple[A
         )
         .materialize()
     )
-    problems = Counter(
-        row["problem"].split(":", 1)[0]
-        for row in rows.filter(expr="problem != ''").take_all()  # a few per broken file
-    )
+    bad = rows.filter(expr="problem != ''").map_batches(_problem_kind, batch_format="pyarrow")
+    problems = {r["kind"]: r["count()"] for r in bad.groupby("kind").count().take_all()}
     refs = rows.filter(expr="url != ''")
     references = refs.count()
-    unique = refs.select_columns(["url"]).groupby("url").count()
-    if options.limit is not None:
-        unique = unique.sort("url").limit(options.limit)
-    unique = unique.materialize()
-    info = {"files": len(files), "references": references, "distinct": unique.count()}
-    return unique, {**info, "problems": dict(problems)}
+    partitions = max(1, min(4 * cpus, references // 100_000 + 1))
+    unique = refs.select_columns(["url"]).groupby("url", num_partitions=partitions).count()
+    unique = unique.select_columns(["url"]).materialize()
+    distinct = unique.count()
+    if options.limit is not None and options.limit < distinct:
+        unique = unique.sort("url").limit(options.limit).materialize()
+    info = {"files": len(files), "references": references, "distinct": distinct,
+            "selected": unique.count(), "problems": dict(sorted(problems.items()))}  # fmt: skip
+    return unique, info
+
+
+def _keep_earlier(group: pa.Table, output: str) -> pa.Table:
+    """``map_groups`` function over one URL's rows of (earlier manifest rows, ``selected`` =
+    0) and (this run's URLs, 1): the earlier row, when this run did not select the URL and its
+    file is still there; else nothing."""
+    empty = pa.table({"url": pa.array([], pa.string()), "path": pa.array([], pa.string())})
+    if pc.max(group.column("selected")).as_py() == 1:
+        return empty
+    row = group.slice(0, 1).select(["url", "path"])
+    path = Path(output) / row.column("path")[0].as_py()
+    return row if path.is_file() else empty
+
+
+def _earlier_manifest_rows(old: Path, selected: Path, output: Path, partitions: int) -> Any:
+    """The rows of the earlier ``manifest.csv`` to carry over: URLs this run did not select
+    (another ``--splits`` / ``--limit``) whose files are still on disk. A Ray Data group-by of
+    both lists: neither is held by the driver."""
+    import ray
+    from pyarrow import csv as pa_csv
+
+    convert = pa_csv.ConvertOptions(column_types={"url": pa.string(), "path": pa.string()})
+    earlier = ray.data.read_csv(str(old), convert_options=convert).map_batches(
+        lambda t: t.append_column("selected", pa.array([0] * t.num_rows, pa.int8())),
+        batch_format="pyarrow",
+    )
+    chosen = ray.data.read_parquet(str(selected)).map_batches(
+        lambda t: pa.table(
+            {
+                "url": t.column("url"),
+                "path": pa.array([""] * t.num_rows, pa.string()),
+                "selected": pa.array([1] * t.num_rows, pa.int8()),
+            }
+        ),
+        batch_format="pyarrow",
+    )
+    return (
+        earlier.union(chosen)
+        .groupby("url", num_partitions=partitions)
+        .map_groups(_keep_earlier, batch_format="pyarrow", fn_kwargs={"output": str(output)})
+    )
+
+
+def _replace_if_changed(new: Path, dest: Path) -> None:
+    """``new`` onto ``dest``, unless their bytes are equal: then ``dest`` keeps its mtime, and a
+    rerun that changed nothing leaves preprocessing's cache key as it was."""
+    if dest.is_file() and _same_bytes(new, dest):
+        new.unlink()
+    else:
+        os.replace(new, dest)
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while chunk := fa.read(1 << 20):
+            if chunk != fb.read(1 << 20):
+                return False
+    return True
 
 
 def _columns(names: list[str]) -> pa.Schema:
@@ -268,14 +342,22 @@ def fetch_images(
         )
         limiter = None
         if options.rate_per_host > 0:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
             from g4mm.fetch.rate import HostRateLimiter
 
-            limiter = ray.remote(num_cpus=0)(HostRateLimiter).remote(options.rate_per_host)
+            here = ray.get_runtime_context().get_node_id()  # the head: never scaled away
+            limiter = (
+                ray.remote(HostRateLimiter)
+                .options(num_cpus=0, max_restarts=-1, max_task_retries=-1,
+                         scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True))
+                .remote(options.rate_per_host)
+            )  # fmt: skip
         threads = max(1, min(options.threads_per_task, options.concurrency))
-        tasks = max(1, math.ceil(options.concurrency / threads))
+        tasks = max(1, options.concurrency // threads)  # never more than --concurrency
         results = unique.select_columns(["url"]).map_batches(
             _fetch_batch,
-            batch_size=options.batch_size,
+            batch_size=options.batch_size or 2 * threads,
             batch_format="pyarrow",
             fn_kwargs={
                 "output": str(out),
@@ -283,7 +365,7 @@ def fetch_images(
                 "threads": threads,
                 "limiter": limiter,
             },
-            concurrency=tasks,
+            compute=ray.data.TaskPoolStrategy(size=tasks),
             num_cpus=0.25,  # I/O bound: a CPU node runs 4 downloader tasks per core
         )
         counts: Counter = Counter()
@@ -292,27 +374,38 @@ def fetch_images(
         fetch_start, done = time.perf_counter(), 0
         manifest_tmp = out / f".{MANIFEST_NAME}.tmp"
         failures_tmp = out / f".{FAILURES_NAME}.tmp"
+        selected_tmp = out / ".selected.parquet"
         manifest_schema = _columns(list(MANIFEST_COLUMNS))
         failure_schema = _columns(["url", "reason", "detail", "attempts"])
         with (
             _writer(manifest_tmp, manifest_schema) as manifest,
             _writer(failures_tmp, failure_schema) as failures,
         ):
-            for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
-                status = batch.column("status")
-                for value in pc.value_counts(status).to_pylist():
-                    counts[value["values"]] += value["counts"]
-                present = batch.filter(pc.is_in(status, pa.array(["ok", "skipped"])))
-                manifest.write_table(present.select(list(MANIFEST_COLUMNS)))
-                bad = batch.filter(pc.equal(status, "failed"))
-                for value in pc.value_counts(bad.column("reason")).to_pylist():
-                    failed[value["values"]] += value["counts"]
-                failures.write_table(bad.select(failure_schema.names))
-                written += pc.sum(batch.column("bytes")).as_py() or 0
-                done += batch.num_rows
-                progress.fetching(done, urls["distinct"], counts, fetch_start)
-        os.replace(manifest_tmp, out / MANIFEST_NAME)
-        os.replace(failures_tmp, out / FAILURES_NAME)
+            with pq.ParquetWriter(str(selected_tmp), _columns(["url"])) as selected:
+                for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
+                    selected.write_table(batch.select(["url"]))
+                    status = batch.column("status")
+                    for value in pc.value_counts(status).to_pylist():
+                        counts[value["values"]] += value["counts"]
+                    present = batch.filter(pc.is_in(status, pa.array(["ok", "skipped"])))
+                    manifest.write_table(present.select(list(MANIFEST_COLUMNS)))
+                    bad = batch.filter(pc.equal(status, "failed"))
+                    for value in pc.value_counts(bad.column("reason")).to_pylist():
+                        failed[value["values"]] += value["counts"]
+                    failures.write_table(bad.select(failure_schema.names))
+                    written += pc.sum(batch.column("bytes")).as_py() or 0
+                    done += batch.num_rows
+                    progress.fetching(done, urls["selected"], counts, fetch_start)
+            carried = 0
+            if (out / MANIFEST_NAME).is_file():  # keep what earlier runs of other URLs fetched
+                partitions = max(1, min(4 * cpus, urls["selected"] // 100_000 + 1))
+                earlier = _earlier_manifest_rows(out / MANIFEST_NAME, selected_tmp, out, partitions)
+                for batch in earlier.iter_batches(batch_format="pyarrow", batch_size=None):
+                    manifest.write_table(batch.select(list(MANIFEST_COLUMNS)))
+                    carried += batch.num_rows
+        selected_tmp.unlink(missing_ok=True)
+        _replace_if_changed(manifest_tmp, out / MANIFEST_NAME)
+        _replace_if_changed(failures_tmp, out / FAILURES_NAME)
         if limiter is not None:
             ray.kill(limiter)
         seconds = time.perf_counter() - progress.start
@@ -321,7 +414,8 @@ def fetch_images(
             "failed": dict(sorted(failed.items())),
             "skipped": counts["skipped"],
             "urls": urls,
-            "manifest_rows": counts["ok"] + counts["skipped"],
+            "manifest_rows": counts["ok"] + counts["skipped"] + carried,
+            "manifest_carried": carried,
             "bytes": written,
             "seconds": round(seconds, 3),
             "urls_per_s": round(done / max(time.perf_counter() - fetch_start, 1e-9), 2),
@@ -339,6 +433,7 @@ def fetch_images(
             "write",
             f"ok {report['ok']:,}, failed {sum(failed.values()):,} {report['failed']}, "
             f"skipped {report['skipped']:,}; {out / MANIFEST_NAME}: "
-            f"{report['manifest_rows']:,} rows",
+            f"{report['manifest_rows']:,} rows ({carried:,} kept from earlier runs of other "
+            "URLs)",
         )
         return report

@@ -63,24 +63,50 @@ def _file_digest(path: Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
+#: Files an images directory may hold that never change what preprocessing reads: the
+#: fetcher's bookkeeping (``jobs/fetch_images.py``), and any hidden file (its lock, partial
+#: downloads). Left out of the listing, so a fetch rerun that fetched nothing keeps the key.
+_NOT_CONTENT_NAMES = frozenset({"failures.csv", "fetch_report.json"})
+
+
 def _walk_sorted(root: Path, top: Path) -> Iterator[tuple[str, int, int]]:
     """``(relative path, size, mtime_ns)`` of every file under ``top``, depth first in name
-    order, one directory's entries in memory at a time."""
+    order, one directory's entries in memory at a time; hidden entries and
+    :data:`_NOT_CONTENT_NAMES` left out; a file that vanishes meanwhile is skipped."""
     with os.scandir(top) as it:
-        entries = sorted(it, key=lambda e: e.name)
+        entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
     for entry in entries:
-        if entry.is_dir(follow_symlinks=False):  # as os.walk: symlinked dirs not entered
-            yield from _walk_sorted(root, Path(entry.path))
-        elif entry.is_file(follow_symlinks=True):
-            st = entry.stat(follow_symlinks=True)
-            yield (os.path.relpath(entry.path, root), st.st_size, st.st_mtime_ns)
+        try:
+            if entry.is_dir(follow_symlinks=False):  # as os.walk: symlinked dirs not entered
+                yield from _walk_sorted(root, Path(entry.path))
+            elif entry.is_file(follow_symlinks=True) and entry.name not in _NOT_CONTENT_NAMES:
+                st = entry.stat(follow_symlinks=True)
+                yield (os.path.relpath(entry.path, root), st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:  # removed while walking (a partial download renamed)
+            continue
+
+
+def _manifest_digest(path: Path) -> str:
+    """An order-independent digest of a ``manifest.csv``'s rows (the sum of their sha256
+    modulo 2**256), streamed: the fetcher writes its rows in whatever order its tasks
+    finish, and the same rows in another order map the same URLs to the same files."""
+    total = 0
+    with open(path, "rb") as handle:
+        for line in handle:
+            line = line.rstrip(b"\r\n")
+            if line:
+                total = (total + int.from_bytes(hashlib.sha256(line).digest(), "big")) % (1 << 256)
+    return f"{total:064x}"
 
 
 def _listing(root: Path) -> dict[str, Any]:
     """A digest of every file under ``root`` (or of ``root`` itself): ``{"files": n, "bytes":
-    total, "sha256": of the (relative path, size, mtime_ns) lines in path order}``. Streamed:
+    total, "sha256": of the (relative path, size, mtime_ns) lines in path order}``; a
+    ``manifest.csv`` enters by its rows (:func:`_manifest_digest`), not its mtime. Streamed:
     the listing is never held, so a directory of millions of images costs the driver one
     directory's names at a time, not the whole tree."""
+    from g4mm.data.images import MANIFEST_NAME
+
     digest = hashlib.sha256()
     files = total = 0
     if root.is_file():
@@ -89,7 +115,10 @@ def _listing(root: Path) -> dict[str, Any]:
     else:
         lines = _walk_sorted(root, root)
     for rel, size, mtime_ns in lines:
-        digest.update(f"{rel}\0{size}\0{mtime_ns}\n".encode())
+        if Path(rel).name == MANIFEST_NAME:
+            digest.update(f"{rel}\0{_manifest_digest(root / rel)}\n".encode())
+        else:
+            digest.update(f"{rel}\0{size}\0{mtime_ns}\n".encode())
         files += 1
         total += size
     return {"files": files, "bytes": total, "sha256": digest.hexdigest()}

@@ -59,15 +59,22 @@ _SYNTHETIC_READER = {"synthetic-docs": "wikiweb2m", "synthetic-products": "mmgra
 COPY_DOCUMENTS = 6_000
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux ``ru_maxrss``, KiB) in MiB."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 class _Progress:
     """Prints ``[preprocess] <stage>: <message> (+<elapsed>s)`` lines and keeps stage timings."""
 
     def __init__(self, start: float) -> None:
         self.start = self.last = start
         self.stages: dict[str, float] = {}
+        self.peak_mb: dict[str, float] = {}  # the driver's peak RSS so far, at each stage's end
 
     def __call__(self, stage: str, message: str) -> None:
         now = time.perf_counter()
+        self.peak_mb[stage] = _peak_rss_mb()
         self.stages[stage] = round(self.stages.get(stage, 0.0) + now - self.last, 3)
         self.last = now
         print(f"[preprocess] {stage}: {message} (+{now - self.start:.1f}s)", flush=True)
@@ -221,21 +228,22 @@ def _values_of_batch(batch: pa.Table, column: str) -> pa.Table:
     return pa.table({"value": values.cast(pa.string())})
 
 
-def _distinct_values(rows: ray.data.Dataset, column: str, partitions: int) -> ray.data.Dataset:
+def _distinct_values(rows: ray.data.Dataset, column: str, blocks: int) -> ray.data.Dataset:
     """Distinct non-empty ``column`` entries (node texts, image paths) of the sample rows, as
-    a materialized one-column (``value``) dataset in ``partitions`` blocks: deduplicated by Ray
+    a materialized one-column (``value``) dataset in ``blocks`` blocks: deduplicated by Ray
     Data (per batch, then ``groupby``'s shuffle across the cluster), never gathered in the
     driver.
 
-    The block count is set here, not by a ``repartition`` before embedding: the embed stage's
-    two actor pools hold every CPU of a small machine, and a repartition's split tasks would
-    then wait for a CPU forever (seen on 2 CPUs). Ray's default of 200 shuffle partitions cost
-    5 s on 20,000 rows here, against 0.3-2 s for 2-4."""
+    The shuffle gets one partition per 50,000 values (at most ``blocks``): Ray's default of
+    200 cost 5 s on 20,000 values here, 2 partitions 0.3 s. The result is split into
+    ``blocks`` blocks here, before the embed stage: its two actor pools hold every CPU of a
+    small machine, and a ``repartition`` inside it would wait for a CPU forever (seen on 2)."""
     per_batch = rows.select_columns([column, "_is_sample"]).map_batches(
         _values_of_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"column": column}
-    )
+    ).materialize()
+    partitions = max(1, min(blocks, per_batch.count() // 50_000 + 1))
     grouped = per_batch.groupby("value", num_partitions=partitions).count()
-    return grouped.select_columns(["value"]).materialize()
+    return grouped.select_columns(["value"]).repartition(blocks).materialize()
 
 
 def _corpus(rows: ray.data.Dataset) -> list[str]:
@@ -388,7 +396,8 @@ def run_preprocess(
         ``images`` {ok, missing, corrupt}, ``skipped`` {reason: n}, ``features`` and
         ``embedded`` {text, image}, ``cache_key``, ``cache_hit``, ``seconds``,
         ``samples_per_s``, ``stages`` (seconds each), ``stages_run``, ``output``,
-        ``driver_peak_mb`` (this process's peak resident memory, Linux ``ru_maxrss``).
+        ``driver_peak_mb`` (this process's peak resident memory, Linux ``ru_maxrss``) and
+        ``driver_peak_mb_by_stage`` (that peak as each stage ended).
     """
     start = time.perf_counter()
     out = Path(output_dir).resolve()
@@ -460,7 +469,8 @@ def run_preprocess(
             "samples_per_s": round(n_samples / seconds, 2) if seconds > 0 else None,
             "num_cpus": cpus,
             "num_gpus": gpus,
-            "driver_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "driver_peak_mb": _peak_rss_mb(),
+            "driver_peak_mb_by_stage": progress.peak_mb,
             "stages": progress.stages,
             "stages_run": stages_run,
         }
