@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     apply_verbosity(args)
     if not Path(args.input).exists():
         parser.error(f"--input {args.input}: no such file or directory")
-    if args.retries < 0 or args.backoff < 0:
-        parser.error("--retries and --backoff must be >= 0")
+    if args.retries < 0 or args.backoff < 0 or args.rate < 0:
+        parser.error("--retries, --backoff and --rate must be >= 0")
     if args.user_agent == DEFAULT_USER_AGENT:
         print(
             "note: the default User-Agent has no contact; Wikimedia asks for one "

@@ -412,11 +412,26 @@ def test_the_images_listing_digest_sees_content_not_bookkeeping(tmp_path):
     (root / "files" / "cd").mkdir()
     (root / "files" / "cd" / "cd34.png").write_bytes(BLUE)
     added = _listing(root)
-    assert added["sha256"] != first["sha256"] and added["files"] == 3
+    assert added["digest"] != first["digest"] and added["files"] == 3
     (root / "files" / "cd" / "cd34.png").write_bytes(GREEN)
     os.utime(root / "files" / "cd" / "cd34.png", ns=(1, 1))
-    assert _listing(root)["sha256"] not in (first["sha256"], added["sha256"])
+    assert _listing(root)["digest"] not in (first["digest"], added["digest"])
     (root / "files" / "cd" / "cd34.png").unlink()
     assert _listing(root) == first
     (root / "manifest.csv").write_text("url,path\nhttp://h/a.jpg,files/ab/ab12.jpg\n")
-    assert _listing(root)["sha256"] != first["sha256"]
+    assert _listing(root)["digest"] != first["digest"]
+
+
+@pytest.mark.slow
+def test_an_input_without_image_urls_is_an_error_naming_it(tmp_path):
+    tf = tmp_path / "tf"
+    tf.mkdir()
+    write_tfrecords(tf / "part-0.tfrecord", [_page("train", "Bare", [[]])])
+    proc = subprocess.run(
+        [sys.executable, "jobs/fetch_images.py", "--input", str(tf), "--output",
+         str(tmp_path / "out"), "--num-cpus", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "RAY_ADDRESS": "local", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert f"error: {tf}: no section_image_url in the records; nothing to fetch" in proc.stderr

@@ -334,6 +334,11 @@ def fetch_images(
         removed = f"; removed {stale} partial files of a killed run" if stale else ""
         progress.stage("ray", f"connected, {cpus} CPUs{removed}")
         unique, urls = _distinct_urls(str(Path(input_path).resolve()), options, cpus)
+        if urls["references"] == 0:
+            which = f" of splits {', '.join(options.splits)}" if options.splits else ""
+            problems = f" (problems: {urls['problems']})" if urls["problems"] else ""
+            raise ValueError(f"{input_path}: no section_image_url in the records{which}"
+                             f"{problems}; nothing to fetch")  # fmt: skip
         progress.stage(
             "urls",
             f"{urls['references']:,} image references in {urls['files']} files -> "

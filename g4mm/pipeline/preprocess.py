@@ -60,7 +60,13 @@ COPY_DOCUMENTS = 6_000
 
 
 def _peak_rss_mb() -> float:
-    """This process's peak resident memory so far (Linux ``ru_maxrss``, KiB) in MiB."""
+    """This process's peak resident memory so far, MiB: Linux's ``VmHWM`` (the high-water
+    mark of this program's own memory; ``ru_maxrss`` would also hold the peak of the process
+    it was forked from before ``exec``, e.g. a 600 MB parent), else ``ru_maxrss``."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)  # kB
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
@@ -174,7 +180,11 @@ def _read_and_build(cfg: ExperimentConfig, data_cfg: DataConfig) -> tuple[ray.da
     mat = ds.materialize()
     stats = base
     extra = {"targets": 0, "build_skipped": 0, "samples": Counter(), "classes": classes}
-    for batch in mat.select_columns(["_stats"]).iter_batches(batch_format="pyarrow"):
+    # the stats cells (one per work item) are picked out in the workers: the driver never
+    # fetches a block of sample rows (their size grows with the data: 216 -> 426 MB of driver
+    # peak from 800 to 24,000 pages when it did)
+    cells = mat.map_batches(_stats_cells, batch_format="pyarrow", batch_size=None)
+    for batch in cells.iter_batches(batch_format="pyarrow", batch_size=None):
         for cell in batch.column("_stats").to_pylist():
             if cell is None:
                 continue
@@ -184,6 +194,12 @@ def _read_and_build(cfg: ExperimentConfig, data_cfg: DataConfig) -> tuple[ray.da
             extra["build_skipped"] += info["build_skipped"]
             extra["samples"].update(info["samples_by_split"])
     return mat, {**stats.to_dict(), **extra}
+
+
+def _stats_cells(batch: pa.Table) -> pa.Table:
+    """``map_batches`` function: the non-null ``_stats`` cells of a block of rows."""
+    column = batch.column("_stats")
+    return pa.table({"_stats": column}).filter(pc.is_valid(column))
 
 
 def _targets_batch(batch: dict, src_ref: list, data_cfg: DataConfig) -> pa.Table:
@@ -218,32 +234,49 @@ def _write_samples(rows: ray.data.Dataset, splits: list[str], out: Path) -> None
         ).write_parquet(str(out / "samples" / split))
 
 
-def _values_of_batch(batch: pa.Table, column: str) -> pa.Table:
-    """``map_batches`` function: the distinct non-empty entries of a list column over the
-    batch's samples, as a ``value`` column (deduplicated per batch first: the shuffle then
-    moves each value about once per block, not once per reference)."""
+_VALUE_COLUMNS = {"text": "text_nodes", "image": "image_paths"}
+
+
+def _values_of_batch(batch: pa.Table) -> pa.Table:
+    """``map_batches`` function: the distinct non-empty node texts and image paths of the
+    batch's samples, as rows ``(kind, value)`` (deduplicated per batch first: the shuffle
+    then moves each value about once per block, not once per reference)."""
     batch = batch.filter(batch.column("_is_sample"))
-    values = pc.drop_null(pc.list_flatten(batch.column(column)))
-    values = pc.unique(values.filter(pc.not_equal(values, "")))
-    return pa.table({"value": values.cast(pa.string())})
+    kinds, values = [], []
+    for kind, column in _VALUE_COLUMNS.items():
+        flat = pc.drop_null(pc.list_flatten(batch.column(column)))
+        unique = pc.unique(flat.filter(pc.not_equal(flat, ""))).cast(pa.string())
+        kinds.append(pa.array([kind] * len(unique), pa.string()))
+        values.append(unique)
+    return pa.table({"kind": pa.concat_arrays(kinds), "value": pa.concat_arrays(values)})
 
 
-def _distinct_values(rows: ray.data.Dataset, column: str, blocks: int) -> ray.data.Dataset:
-    """Distinct non-empty ``column`` entries (node texts, image paths) of the sample rows, as
-    a materialized one-column (``value``) dataset in ``blocks`` blocks: deduplicated by Ray
-    Data (per batch, then ``groupby``'s shuffle across the cluster), never gathered in the
-    driver.
+def _distinct_values(
+    rows: ray.data.Dataset, blocks: int
+) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+    """Distinct non-empty node texts and image paths of the sample rows, each a materialized
+    one-column (``value``) dataset in ``blocks`` blocks: deduplicated by Ray Data (per batch,
+    then one ``groupby`` shuffle of both across the cluster), never gathered in the driver.
 
     The shuffle gets one partition per 50,000 values (at most ``blocks``): Ray's default of
-    200 cost 5 s on 20,000 values here, 2 partitions 0.3 s. The result is split into
+    200 cost 5 s on 20,000 values here, 2 partitions 0.3 s. The results are split into
     ``blocks`` blocks here, before the embed stage: its two actor pools hold every CPU of a
     small machine, and a ``repartition`` inside it would wait for a CPU forever (seen on 2)."""
-    per_batch = rows.select_columns([column, "_is_sample"]).map_batches(
-        _values_of_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"column": column}
-    ).materialize()
+    columns = [*_VALUE_COLUMNS.values(), "_is_sample"]
+    per_batch = (
+        rows.select_columns(columns)
+        .map_batches(_values_of_batch, batch_format="pyarrow", batch_size=None)
+        .materialize()
+    )
     partitions = max(1, min(blocks, per_batch.count() // 50_000 + 1))
-    grouped = per_batch.groupby("value", num_partitions=partitions).count()
-    return grouped.select_columns(["value"]).repartition(blocks).materialize()
+    grouped = per_batch.groupby(["kind", "value"], num_partitions=partitions).count()
+    grouped = grouped.materialize()
+    texts, images = (
+        grouped.filter(expr=f"kind == '{kind}'").select_columns(["value"]).repartition(blocks)
+        .materialize()
+        for kind in _VALUE_COLUMNS
+    )  # fmt: skip
+    return texts, images
 
 
 def _corpus(rows: ray.data.Dataset) -> list[str]:
@@ -396,7 +429,7 @@ def run_preprocess(
         ``images`` {ok, missing, corrupt}, ``skipped`` {reason: n}, ``features`` and
         ``embedded`` {text, image}, ``cache_key``, ``cache_hit``, ``seconds``,
         ``samples_per_s``, ``stages`` (seconds each), ``stages_run``, ``output``,
-        ``driver_peak_mb`` (this process's peak resident memory, Linux ``ru_maxrss``) and
+        ``driver_peak_mb`` (this process's peak resident memory, :func:`_peak_rss_mb`) and
         ``driver_peak_mb_by_stage`` (that peak as each stage ended).
     """
     start = time.perf_counter()
@@ -431,8 +464,7 @@ def run_preprocess(
         stages_run.append("samples")
 
         blocks = 4 * (cluster_gpus() or cluster_cpus())  # the embed stage's parallelism
-        texts = _distinct_values(rows, "text_nodes", blocks)
-        images = _distinct_values(rows, "image_paths", blocks)
+        texts, images = _distinct_values(rows, blocks)
         if encoder_fingerprint(cfg) is None or stale_tiny_backbones(cfg, source):  # (re)build
             status = _build_backbones(cfg, data_cfg, rows, source)
             progress("backbones", f"tiny backbones {status} in {cfg.data.artifact_dir}"
