@@ -180,9 +180,10 @@ def _read_and_build(cfg: ExperimentConfig, data_cfg: DataConfig) -> tuple[ray.da
     mat = ds.materialize()
     stats = base
     extra = {"targets": 0, "build_skipped": 0, "samples": Counter(), "classes": classes}
-    # the stats cells (one per work item) are picked out in the workers: the driver never
-    # fetches a block of sample rows (their size grows with the data: 216 -> 426 MB of driver
-    # peak from 800 to 24,000 pages when it did)
+    # the stats cells (one per work item) are picked out in the workers, so the driver never
+    # fetches a block of sample rows (blocks grow with the data). Measured: this did not change
+    # the driver's peak, which still grows in this stage (250 -> 426 MB from 800 to 24,000
+    # pages, bench/RESULTS.md); its cause is still to be found
     cells = mat.map_batches(_stats_cells, batch_format="pyarrow", batch_size=None)
     for batch in cells.iter_batches(batch_format="pyarrow", batch_size=None):
         for cell in batch.column("_stats").to_pylist():
