@@ -277,25 +277,6 @@ def _earlier_manifest_rows(old: Path, selected: Path, output: Path, partitions: 
     )
 
 
-def _replace_if_changed(new: Path, dest: Path) -> None:
-    """``new`` onto ``dest``, unless their bytes are equal: then ``dest`` keeps its mtime, and a
-    rerun that changed nothing leaves preprocessing's cache key as it was."""
-    if dest.is_file() and _same_bytes(new, dest):
-        new.unlink()
-    else:
-        os.replace(new, dest)
-
-
-def _same_bytes(a: Path, b: Path) -> bool:
-    if a.stat().st_size != b.stat().st_size:
-        return False
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while chunk := fa.read(1 << 20):
-            if chunk != fb.read(1 << 20):
-                return False
-    return True
-
-
 def _columns(names: list[str]) -> pa.Schema:
     return pa.schema([_RESULT_SCHEMA.field(name) for name in names])
 
@@ -409,8 +390,8 @@ def fetch_images(
                     manifest.write_table(batch.select(list(MANIFEST_COLUMNS)))
                     carried += batch.num_rows
         selected_tmp.unlink(missing_ok=True)
-        _replace_if_changed(manifest_tmp, out / MANIFEST_NAME)
-        _replace_if_changed(failures_tmp, out / FAILURES_NAME)
+        os.replace(manifest_tmp, out / MANIFEST_NAME)  # the cache key reads its rows, in
+        os.replace(failures_tmp, out / FAILURES_NAME)  # any order; failures.csv it ignores
         if limiter is not None:
             ray.kill(limiter)
         seconds = time.perf_counter() - progress.start
